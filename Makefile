@@ -1,0 +1,65 @@
+# twisted_shim — the two set-up commands are `make run` and `make test`.
+# Both work on a fresh machine: they make a virtualenv, install the Python
+# packages, and build the Rust extension with maturin.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: all venv build run test test-rust test-python conformance conformance-full bench lint fmt clean
+
+all: build
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Python packages: Twisted (with the extras its test suites import), the build
+# backend, the test tools and uvloop for the benchmarks.
+$(VENV)/.deps: requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# The extension, built in release mode into the source tree (editable install).
+build: $(VENV)/.deps
+	$(BIN)/maturin develop --release -q
+
+run: build
+	@echo "Serving examples/hello.py on http://$(HOST):$(PORT)/ (reactor: rust)"
+	$(BIN)/twist --reactor=rust web --wsgi examples.hello.application \
+		--listen tcp:$(PORT):interface=$(HOST)
+
+test: build test-rust test-python conformance
+
+test-rust: $(VENV)/.deps
+	PYO3_PYTHON=$(abspath $(BIN)/python) cargo test --quiet
+
+test-python: build
+	$(BIN)/python -m pytest -q tests
+
+# Twisted's ReactorBuilder suites, on rust and epoll side by side.
+conformance: build
+	$(BIN)/python -m conformance.run_builders
+
+# The whole Twisted suite on rust and epoll (several minutes).
+conformance-full: build
+	$(BIN)/python -m conformance.run_full
+
+bench: build
+	$(BIN)/python benchmarks/reactor_bench.py
+
+lint: $(VENV)/.deps
+	cargo fmt --check
+	cargo clippy --quiet -- -D warnings
+	$(BIN)/ruff check .
+
+fmt:
+	cargo fmt
+	$(BIN)/ruff check --fix . || true
+
+clean:
+	rm -rf target _trial_temp* .pytest_cache

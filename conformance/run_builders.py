@@ -1,0 +1,222 @@
+"""
+Run Twisted's ReactorBuilder suites on our reactor and on EPollReactor, side
+by side, and compare.
+
+    python -m conformance.run_builders [--only rust|epoll] [--log FILE]
+
+Prints a table (one row per Twisted test module: passed/failed/skipped on
+each reactor), every difference between the two, and last a line
+C{N passed, N failed} for our reactor. Exits non-zero when a test that passes
+on EPollReactor does not pass on ours, when ours skips a test epoll runs, or
+when ours fails a test not listed in C{expected_failures.txt}.
+
+Failures listed there (with their reason and their result on epoll) are
+reported as expected, not counted as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EXPECTED = HERE / "expected_failures.txt"
+
+
+def load_expected(path: Path = EXPECTED) -> dict[str, str]:
+    """
+    Read the expected-failures file: C{id | result on epoll | reason} per
+    line, where C{id} is a reactor-neutral test id (see L{neutral_id}).
+    """
+    expected: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        test_id, on_epoll, reason = (part.strip() for part in line.split("|", 2))
+        expected[test_id] = f"{reason} (on epoll: {on_epoll})"
+    return expected
+
+
+def neutral_id(test_id: str) -> tuple[str, str]:
+    """
+    Split C{conformance.builders.TCPClientTestsBuilder_RustReactorTests.test_x}
+    into the reactor (C{rust}) and C{TCPClientTestsBuilder.test_x}.
+    """
+    from conformance.builders import SUFFIX
+
+    cls, method = test_id.split(".")[-2:]
+    for name, suffix in SUFFIX.items():
+        if cls.endswith("_" + suffix):
+            return name, cls[: -len(suffix) - 1] + "." + method
+    raise ValueError(f"not a generated builder test: {test_id}")
+
+
+def run(reactors: Iterable[str], log: Path) -> dict[str, dict[str, str]]:
+    """
+    Run the generated classes for C{reactors} under trial, in this process
+    with EPollReactor as the global reactor (as C{trial --reactor=epoll}).
+
+    @return: reactor name -> neutral test id -> outcome (C{pass}, C{fail},
+        C{error}, C{skip}, C{xfail}, C{xpass}).
+    """
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+
+    from twisted.trial import reporter, runner
+
+    outcomes: dict[str, dict[str, str]] = defaultdict(dict)
+
+    class Collector(reporter.VerboseTextReporter):
+        def _record(self, test: object, outcome: str) -> None:
+            name, nid = neutral_id(test.id())  # type: ignore[attr-defined]
+            outcomes[name][nid] = outcome
+
+        def addSuccess(self, test):  # type: ignore[no-untyped-def]
+            super().addSuccess(test)
+            self._record(test, "pass")
+
+        def addFailure(self, test, fail):  # type: ignore[no-untyped-def]
+            super().addFailure(test, fail)
+            self._record(test, "fail")
+
+        def addError(self, test, error):  # type: ignore[no-untyped-def]
+            super().addError(test, error)
+            self._record(test, "error")
+
+        def addSkip(self, test, reason):  # type: ignore[no-untyped-def]
+            super().addSkip(test, reason)
+            self._record(test, "skip")
+
+        def addExpectedFailure(self, test, failure, todo=None):  # type: ignore[no-untyped-def]
+            super().addExpectedFailure(test, failure, todo)
+            self._record(test, "xfail")
+
+        def addUnexpectedSuccess(self, test, todo=None):  # type: ignore[no-untyped-def]
+            super().addUnexpectedSuccess(test, todo)
+            self._record(test, "xpass")
+
+    from conformance import builders
+
+    wanted = {builders.SUFFIX[r] for r in reactors}
+    loader = runner.TestLoader()
+    suite = loader.suiteFactory(
+        [
+            loader.loadClass(cls)
+            for name, cls in sorted(vars(builders).items())
+            if isinstance(cls, type) and any(name.endswith("_" + w) for w in wanted)
+        ]
+    )
+    with log.open("w") as stream:
+        trial = runner.TrialRunner(
+            Collector,
+            stream=stream,
+            workingDirectory=str(HERE.parent / "_trial_temp_builders"),
+        )
+        trial.run(suite)
+    return outcomes
+
+
+def module_of(nid: str) -> str:
+    from conformance import builders
+
+    cls = nid.split(".")[0]
+    for name, value in vars(builders).items():
+        if name.startswith(cls + "_") and hasattr(value, "_twistedModule"):
+            return value._twistedModule
+    return "?"
+
+
+def report(outcomes: dict[str, dict[str, str]], expected: dict[str, str]) -> int:
+    ours = outcomes.get("rust", {})
+    ref = outcomes.get("epoll", {})
+    reactors = [r for r in ("rust", "epoll") if r in outcomes]
+
+    table: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for r in reactors:
+        for nid, outcome in outcomes[r].items():
+            table[module_of(nid)][r][outcome] += 1
+
+    def cell(c: Counter[str]) -> str:
+        return f"{c['pass']:>4} {c['fail'] + c['error']:>3} {c['skip']:>3}"
+
+    head = "".join(f" | {r + ' pass fail skip':>20}" for r in reactors)
+    print(f"{'module':<22}{head}")
+    print("-" * (22 + 23 * len(reactors)))
+    totals = {r: Counter() for r in reactors}
+    for mod in sorted(table):
+        row = "".join(f" | {cell(table[mod][r]):>20}" for r in reactors)
+        print(f"{mod:<22}{row}")
+        for r in reactors:
+            totals[r].update(table[mod][r])
+    print("-" * (22 + 23 * len(reactors)))
+    print(f"{'total':<22}" + "".join(f" | {cell(totals[r]):>20}" for r in reactors))
+    print()
+
+    problems: list[str] = []
+    expected_hits: list[str] = []
+    for nid, outcome in sorted(ours.items()):
+        other = ref.get(nid)
+        if outcome in ("fail", "error"):
+            if nid in expected:
+                expected_hits.append(f"  {nid}: {expected[nid]}")
+            else:
+                problems.append(f"  {nid}: {outcome} on rust, {other} on epoll")
+        elif outcome == "skip" and other not in (None, "skip"):
+            problems.append(f"  {nid}: skipped on rust, {other} on epoll")
+    if ref:
+        for nid, outcome in sorted(ref.items()):
+            if outcome == "pass" and ours and ours.get(nid) != "pass":
+                line = f"  {nid}: passes on epoll, {ours.get(nid)} on rust"
+                if line not in problems and not any(p.startswith(f"  {nid}:") for p in problems):
+                    problems.append(line)
+        gained = sorted(n for n, o in ours.items() if o == "pass" and ref.get(n) != "pass")
+        if gained:
+            print("Passing on rust but not on epoll:")
+            for nid in gained:
+                print(f"  {nid}: {ref.get(nid)} on epoll")
+            print()
+    if expected_hits:
+        print(f"{len(expected_hits)} expected failures (conformance/expected_failures.txt):")
+        print("\n".join(expected_hits))
+        print()
+    if problems:
+        print("Differences from EPollReactor:")
+        print("\n".join(problems))
+        print()
+
+    if not ours:
+        return 0 if ref else 1
+    c = Counter(ours.values())
+    if c["pass"] == 0:
+        problems.append("no test passed: the reactor probably failed to build")
+    print(f"rust: {len(expected_hits)} expected failures, {c['skip']} skipped")
+    print(f"{c['pass']} passed, {len(problems)} failed")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["rust", "epoll"], help="run one reactor")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=HERE.parent / "_trial_temp_builders.log",
+        help="where trial's verbose output goes",
+    )
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))
+    os.environ.setdefault("PYTHONPATH", str(HERE.parent))
+    reactors = [args.only] if args.only else ["rust", "epoll"]
+    outcomes = run(reactors, args.log)
+    print(f"trial log: {args.log}")
+    return report(outcomes, load_expected())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

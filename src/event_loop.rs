@@ -1,0 +1,688 @@
+//! The loop: what a Python reactor runs to serve IReactorCore, IReactorFDSet
+//! and IReactorTime.
+//!
+//! A `twisted_shim.reactor.RustReactor` owns one [`Loop`] and forwards its
+//! hot methods here. One iteration is Twisted's: `runUntilCurrent` (calls from
+//! threads, then due timed calls, then the pending shutdown event), then
+//! `doIteration(timeout)`: wait for readiness with the GIL released, and
+//! dispatch each event to its Python selectable or native handler.
+//!
+//! The loop never holds one of its locks while Python code runs: a callback
+//! may add or remove descriptors, schedule calls, or even iterate the reactor
+//! again (Twisted allows `reactor.iterate()` from a callback).
+//!
+//! Descriptors closed underneath their registration are found when the loop
+//! has been idle for a second ([`LOST_FD_SWEEP`]): each is disconnected with
+//! `ConnectionFdescWentAway`, as Twisted's poll reactor does when `fileno()`
+//! returns -1.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use polling::{Events, Poller};
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::calls::ThreadCalls;
+use crate::fdset::{
+    readiness_now, FdSet, NativeHandler, Readiness, Registration, Snapshot, Target, Token,
+};
+use crate::time::{lock, DelayedCall, TimerQueue};
+use crate::twisted::{api, log_err, log_failure, LogContext};
+
+/// How long the loop must have been idle before it checks its descriptors
+/// for ones closed underneath their registration.
+pub const LOST_FD_SWEEP: Duration = Duration::from_secs(1);
+
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A poller key and what it said.
+type Ready = (usize, Readiness);
+
+/// Event bits handed to Python's `_doReadOrWrite` (epoll's values).
+pub const POLL_IN: u32 = 0x001;
+pub const POLL_OUT: u32 = 0x004;
+pub const POLL_ERR: u32 = 0x008;
+pub const POLL_HUP: u32 = 0x010;
+
+/// The Rust event loop of one reactor.
+#[pyclass(module = "twisted_shim._core", frozen)]
+pub struct Loop {
+    poller: Poller,
+    fds: Mutex<FdSet>,
+    timers: Arc<TimerQueue>,
+    calls: ThreadCalls,
+    /// A reusable event buffer; taken out while a wait is under way.
+    events: Mutex<Option<Events>>,
+    /// When the last lost-descriptor sweep ran (or the loop last saw events).
+    last_sweep: Mutex<Instant>,
+    /// The pipe given to `signal.set_wakeup_fd`, made on first request.
+    signal_pipe: Mutex<Option<SignalPipe>>,
+}
+
+/// A non-blocking pipe whose read end is drained by a native handler: Python's
+/// C-level signal handler writes to it, which ends the wait so the loop can run
+/// the Python-level handler.
+struct SignalPipe {
+    write: OwnedFd,
+    _read: Arc<SignalDrain>,
+}
+
+struct SignalDrain {
+    read: OwnedFd,
+}
+
+impl NativeHandler for SignalDrain {
+    fn ready(&self, _py: Python<'_>, _token: Token, _r: Readiness) {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: reads into a buffer we own, from a descriptor we own.
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn os_error(e: std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+}
+
+/// What `sel.fileno()` says, as Twisted reads it: `None` for -1.
+fn fileno_of(sel: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let fd: i64 = sel.call_method0("fileno")?.extract()?;
+    if fd == -1 {
+        return Ok(None);
+    }
+    if fd < 0 || fd > i64::from(i32::MAX) {
+        return Err(PyOSError::new_err((
+            libc::EBADF,
+            format!(
+                "{} returned an invalid file descriptor: {fd}",
+                describe(sel)
+            ),
+        )));
+    }
+    Ok(Some(fd as RawFd))
+}
+
+fn describe(sel: &Bound<'_, PyAny>) -> String {
+    sel.repr()
+        .map(|r| format!("{r}.fileno()"))
+        .unwrap_or_else(|_| "fileno()".to_owned())
+}
+
+impl Loop {
+    /// Register a native handler. Rust callers (the WSGI host) use this.
+    pub fn add_native(
+        &self,
+        fd: RawFd,
+        handler: Arc<dyn NativeHandler>,
+        reading: bool,
+        writing: bool,
+    ) -> std::io::Result<Token> {
+        lock(&self.fds).add_native(&self.poller, fd, handler, reading, writing)
+    }
+
+    pub fn set_native_interest(
+        &self,
+        token: Token,
+        reading: bool,
+        writing: bool,
+    ) -> std::io::Result<()> {
+        lock(&self.fds).set_native_interest(&self.poller, token, reading, writing)
+    }
+
+    /// Remove a native handler; dropping it happens after the lock is released.
+    pub fn remove_native(&self, token: Token) -> bool {
+        let reg = lock(&self.fds).remove_native(&self.poller, token);
+        reg.is_some()
+    }
+
+    pub fn notify(&self) -> PyResult<()> {
+        self.poller.notify().map_err(os_error)
+    }
+
+    fn add(&self, py: Python<'_>, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
+        let fd = match fileno_of(sel)? {
+            Some(fd) => fd,
+            None => {
+                return Err(PyOSError::new_err((
+                    libc::EBADF,
+                    format!(
+                        "{} returned -1: it has no file descriptor to watch",
+                        describe(sel)
+                    ),
+                )))
+            }
+        };
+        match lock(&self.fds).add_python(py, &self.poller, fd, sel, read) {
+            Ok(()) => Ok(true),
+            // epoll cannot watch regular files; the caller polls them
+            // continuously instead, as epollreactor does.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            Err(e) => Err(os_error(e)),
+        }
+    }
+
+    fn remove(&self, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
+        // A selectable whose fileno() fails is looked up by identity.
+        let fd = fileno_of(sel).unwrap_or(None);
+        lock(&self.fds)
+            .remove_python(&self.poller, fd, sel, read)
+            .map_err(os_error)
+    }
+
+    /// Wait for readiness; returns the ready keys, and the registrations found
+    /// lost by an idle-time sweep.
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Vec<Ready>, Vec<Registration>)> {
+        let timeout = match timeout {
+            _ if !self.calls.is_empty() => Some(Duration::ZERO),
+            Some(t) if t.is_nan() || t <= 0.0 => Some(Duration::ZERO),
+            Some(t) => Some(Duration::from_secs_f64(t.min(crate::time::LONGEST_TIMEOUT))),
+            None => None,
+        };
+        // With Python selectables registered, wake up after an idle second to
+        // look for descriptors closed underneath them.
+        let sweep_due = !lock(&self.fds).is_empty();
+        let timeout = if sweep_due {
+            Some(timeout.map_or(LOST_FD_SWEEP, |t| t.min(LOST_FD_SWEEP)))
+        } else {
+            timeout
+        };
+        let mut events = lock(&self.events).take().unwrap_or_else(|| {
+            Events::with_capacity(NonZeroUsize::new(EVENTS_CAPACITY).unwrap_or(NonZeroUsize::MIN))
+        });
+        events.clear();
+        let poller = &self.poller;
+        let result = py.detach(|| poller.wait(&mut events, timeout));
+        let ready: Vec<Ready> = events
+            .iter()
+            .map(|ev| {
+                (
+                    ev.key,
+                    Readiness {
+                        readable: ev.readable,
+                        writable: ev.writable,
+                        hangup: ev.is_interrupt(),
+                        error: ev.is_err().unwrap_or(false),
+                    },
+                )
+            })
+            .collect();
+        *lock(&self.events) = Some(events);
+        result.map_err(os_error)?;
+        // Run Python's signal handlers now (a KeyboardInterrupt propagates).
+        py.check_signals()?;
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        if !ready.is_empty() {
+            *lock(&self.last_sweep) = now;
+        } else if sweep_due {
+            let mut last = lock(&self.last_sweep);
+            if now.duration_since(*last) >= LOST_FD_SWEEP {
+                *last = now;
+                drop(last);
+                lost = lock(&self.fds).lost();
+            }
+        }
+        Ok((ready, lost))
+    }
+
+    /// Disconnect selectables whose descriptor went away underneath them,
+    /// with `ConnectionFdescWentAway`, in their log context.
+    fn disconnect_lost(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        lost: Vec<Registration>,
+    ) -> PyResult<()> {
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let contexts = LogContext::stack(py)?;
+        let api = api(py)?;
+        for reg in lost {
+            if let Target::Python(sel) = &reg.target {
+                let sel = sel.bind(py);
+                let _ctx = log_context(py, &contexts, sel)?;
+                let why = api.no_filedesc.bind(py);
+                if let Err(e) =
+                    reactor.call_method1("_disconnectSelectable", (sel, why, reg.reading))
+                {
+                    log_err(py, &e, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        ready: Vec<Ready>,
+    ) -> PyResult<()> {
+        let mut contexts: Option<Bound<'_, PyAny>> = None;
+        for (key, r) in ready {
+            let snap: Option<Snapshot> = lock(&self.fds).snapshot(py, key);
+            let Some(snap) = snap else { continue };
+            match &snap.target {
+                Target::Native(h) => h.ready(py, Token(key as u64), r),
+                Target::Python(sel) => {
+                    if contexts.is_none() {
+                        contexts = Some(LogContext::stack(py)?);
+                    }
+                    let contexts = contexts
+                        .as_ref()
+                        .ok_or_else(|| PyTypeError::new_err("no log context"))?;
+                    dispatch_python(py, reactor, contexts, sel.bind(py), &snap, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_context<'py>(
+    py: Python<'py>,
+    contexts: &Bound<'py, PyAny>,
+    sel: &Bound<'py, PyAny>,
+) -> PyResult<LogContext<'py>> {
+    let prefix = match sel.call_method0("logPrefix") {
+        Ok(p) => p,
+        Err(e) => {
+            let buggy = pyo3::types::PyString::new(py, "(buggy logPrefix method)").into_any();
+            log_err(py, &e, Some(&buggy));
+            buggy
+        }
+    };
+    LogContext::push(py, contexts, &prefix)
+}
+
+/// Twisted's `callWithLogger(sel, _doReadOrWrite, sel, fd, event)`, natively.
+fn dispatch_python(
+    py: Python<'_>,
+    reactor: &Bound<'_, PyAny>,
+    contexts: &Bound<'_, PyAny>,
+    sel: &Bound<'_, PyAny>,
+    snap: &Snapshot,
+    r: Readiness,
+) -> PyResult<()> {
+    // polling reports hang-up and error as both readable and writable; ask
+    // for the exact flags then, so the choice below is epoll's.
+    let r = if r.hangup || r.error {
+        readiness_now(snap.fd).unwrap_or(r)
+    } else {
+        r
+    };
+    let disconnected = r.hangup || r.error;
+    let readable = snap.reading && r.readable;
+    let writable = snap.writing && r.writable;
+    let _ctx = log_context(py, contexts, sel)?;
+    let api = api(py)?;
+    let mut in_read = false;
+    let why: Bound<'_, PyAny> = if disconnected && !readable {
+        // Hang-up with no input left: a clean close if we were reading.
+        in_read = snap.reading;
+        if snap.reading {
+            api.connection_done.bind(py).clone()
+        } else {
+            api.connection_lost.bind(py).clone()
+        }
+    } else {
+        let attempt = (|| -> PyResult<Bound<'_, PyAny>> {
+            if fileno_of(sel)?.is_none() {
+                in_read = false;
+                return Ok(api.no_filedesc.bind(py).clone());
+            }
+            let mut why = py.None().into_bound(py);
+            if readable {
+                why = sel.call_method0("doRead")?;
+                in_read = true;
+            }
+            if !why.is_truthy()? && writable {
+                why = sel.call_method0("doWrite")?;
+                in_read = false;
+            }
+            Ok(why)
+        })();
+        match attempt {
+            Ok(why) => why,
+            Err(e) => {
+                // Application errors are logged and disconnect the selectable.
+                log_err(py, &e, None);
+                e.value(py).clone().into_any()
+            }
+        }
+    };
+    if why.is_truthy().unwrap_or(true) {
+        if let Err(e) = reactor.call_method1("_disconnectSelectable", (sel, &why, in_read)) {
+            log_err(py, &e, None);
+        }
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl Loop {
+    #[new]
+    fn new() -> PyResult<Self> {
+        Ok(Loop {
+            poller: Poller::new().map_err(os_error)?,
+            fds: Mutex::new(FdSet::default()),
+            timers: Arc::new(TimerQueue::default()),
+            calls: ThreadCalls::default(),
+            events: Mutex::new(None),
+            last_sweep: Mutex::new(Instant::now()),
+            signal_pipe: Mutex::new(None),
+        })
+    }
+
+    // --- IReactorTime -----------------------------------------------------
+
+    /// `callLater(delay, callable, *args, **kw)`.
+    #[pyo3(signature = (delay, callable, *args, **kw))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: f64,
+        callable: Py<PyAny>,
+        args: Py<PyTuple>,
+        kw: Option<Py<PyDict>>,
+    ) -> PyResult<Py<DelayedCall>> {
+        self.timers.call_later(py, delay, callable, args, kw)
+    }
+
+    /// `seconds()`: the wall clock, unless `set_clock` replaced it.
+    fn seconds(&self, py: Python<'_>) -> PyResult<f64> {
+        self.timers.now(py)
+    }
+
+    /// Replace the clock (`reactor.seconds = f`), or restore it with `None`.
+    fn set_clock(&self, clock: Option<Py<PyAny>>) {
+        self.timers.set_clock(clock);
+    }
+
+    fn get_clock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.timers.clock(py)
+    }
+
+    fn get_delayed_calls(&self, py: Python<'_>) -> Vec<Py<DelayedCall>> {
+        self.timers.pending(py)
+    }
+
+    /// Seconds until the next timed call, or `None`.
+    fn timeout(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        self.timers.timeout(py)
+    }
+
+    // --- IReactorThreads ---------------------------------------------------
+
+    /// `callFromThread(f, *args, **kw)`: safe from any thread; wakes the loop.
+    #[pyo3(signature = (f, *args, **kw))]
+    fn call_from_thread(
+        &self,
+        f: &Bound<'_, PyAny>,
+        args: Py<PyTuple>,
+        kw: Option<Py<PyDict>>,
+    ) -> PyResult<()> {
+        if !f.is_callable() {
+            return Err(PyAssertionError::new_err(format!("{f} is not callable")));
+        }
+        self.calls.push(f.clone().unbind(), args, kw);
+        self.notify()
+    }
+
+    /// Wake the loop from any thread.
+    fn wake(&self) -> PyResult<()> {
+        self.notify()
+    }
+
+    /// A descriptor for `signal.set_wakeup_fd`: a byte written to it wakes the
+    /// loop, which then runs Python's signal handlers.
+    fn signal_fd(&self) -> PyResult<RawFd> {
+        let mut pipe = lock(&self.signal_pipe);
+        if let Some(p) = pipe.as_ref() {
+            return Ok(p.write.as_raw_fd());
+        }
+        let (read, write) = nonblocking_pipe().map_err(os_error)?;
+        let drain = Arc::new(SignalDrain { read });
+        self.add_native(drain.read.as_raw_fd(), drain.clone(), true, false)
+            .map_err(os_error)?;
+        let fd = write.as_raw_fd();
+        *pipe = Some(SignalPipe {
+            write,
+            _read: drain,
+        });
+        Ok(fd)
+    }
+
+    // --- IReactorFDSet -----------------------------------------------------
+
+    /// Watch `reader` for input. Returns False if epoll cannot watch its
+    /// descriptor (a regular file): the reactor then polls it continuously.
+    fn add_reader(&self, py: Python<'_>, reader: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.add(py, reader, true)
+    }
+
+    fn add_writer(&self, py: Python<'_>, writer: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.add(py, writer, false)
+    }
+
+    /// Returns whether `reader` was being watched for input.
+    fn remove_reader(&self, reader: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove(reader, true)
+    }
+
+    fn remove_writer(&self, writer: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove(writer, false)
+    }
+
+    fn readers(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        lock(&self.fds).python_targets(py, true)
+    }
+
+    fn writers(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        lock(&self.fds).python_targets(py, false)
+    }
+
+    /// How many descriptors are registered (Python and native).
+    fn registered(&self) -> usize {
+        lock(&self.fds).len()
+    }
+
+    // --- IReactorCore --------------------------------------------------------
+
+    /// Twisted's `runUntilCurrent`.
+    fn run_until_current(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.calls.run(py);
+        self.timers.insert_fresh(py);
+        let now = self.timers.now(py)?;
+        self.timers.run_due(py, now);
+        if reactor.getattr("_justStopped")?.is_truthy()? {
+            reactor.setattr("_justStopped", false)?;
+            reactor.call_method1("fireSystemEvent", ("shutdown",))?;
+        }
+        Ok(())
+    }
+
+    /// Twisted's `doIteration(delay)`: wait at most `delay` seconds (`None`:
+    /// until something happens) and dispatch what is ready.
+    #[pyo3(signature = (reactor, delay=None))]
+    fn do_iteration(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        delay: Option<f64>,
+    ) -> PyResult<()> {
+        let (ready, lost) = self.wait(py, delay)?;
+        self.dispatch(py, reactor, ready)?;
+        self.disconnect_lost(py, reactor, lost)
+    }
+
+    /// Twisted's `mainLoop`: iterate while the reactor is started. An
+    /// unexpected error is logged and the loop goes on.
+    fn run(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
+        while reactor.getattr("_started")?.is_truthy()? {
+            let step = (|| -> PyResult<()> {
+                self.run_until_current(py, reactor)?;
+                let delay = if reactor.getattr("running")?.is_truthy()? {
+                    self.timers.timeout(py)?
+                } else {
+                    Some(0.0)
+                };
+                self.do_iteration(py, reactor, delay)
+            })();
+            if let Err(e) = step {
+                log_failure(py, "Unexpected error in main loop", e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop every registration, timer and queued call (used when a reactor is
+    /// discarded, and by the garbage collector).
+    fn close(&self) {
+        self.__clear__();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(fds) = self.fds.try_lock() {
+            for o in fds.python_objects() {
+                visit.call(o)?;
+            }
+        }
+        self.timers.traverse(&visit)?;
+        self.calls.traverse(&visit)?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let regs = lock(&self.fds).drain(&self.poller);
+        drop(regs);
+        lock(&self.signal_pipe).take();
+        self.timers.clear();
+        self.calls.clear();
+    }
+}
+
+pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Loop>()?;
+    m.add("POLL_IN", POLL_IN)?;
+    m.add("POLL_OUT", POLL_OUT)?;
+    m.add("POLL_ERR", POLL_ERR)?;
+    m.add("POLL_HUP", POLL_HUP)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A native handler that drains a pipe and counts what it saw.
+    struct Counter {
+        fd: RawFd,
+        bytes: AtomicUsize,
+        calls: AtomicUsize,
+    }
+
+    impl NativeHandler for Counter {
+        fn ready(&self, _py: Python<'_>, _token: Token, r: Readiness) {
+            assert!(r.readable);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 64];
+            // SAFETY: reads into our own buffer from the test's pipe.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                self.bytes.fetch_add(n as usize, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn write_all(fd: &OwnedFd, data: &[u8]) {
+        // SAFETY: writes from a slice we own to the test's pipe.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        assert_eq!(n as usize, data.len());
+    }
+
+    #[test]
+    fn native_handler_is_dispatched_and_can_be_removed() {
+        Python::initialize();
+        Python::attach(|py| {
+            let lp = Loop::new().unwrap();
+            let (r, w) = nonblocking_pipe().unwrap();
+            let h = Arc::new(Counter {
+                fd: r.as_raw_fd(),
+                bytes: AtomicUsize::new(0),
+                calls: AtomicUsize::new(0),
+            });
+            let token = lp
+                .add_native(r.as_raw_fd(), h.clone(), true, false)
+                .unwrap();
+            // Registering the same descriptor twice is refused.
+            assert!(lp
+                .add_native(r.as_raw_fd(), h.clone(), true, false)
+                .is_err());
+
+            write_all(&w, b"hello");
+            let reactor = py.None().into_bound(py);
+            let (ready, lost) = lp.wait(py, Some(1.0)).unwrap();
+            assert!(lost.is_empty());
+            assert_eq!(ready.len(), 1);
+            lp.dispatch(py, &reactor, ready).unwrap();
+            assert_eq!(h.bytes.load(Ordering::SeqCst), 5);
+            assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+
+            // Silenced: data waits, the handler is not called.
+            lp.set_native_interest(token, false, false).unwrap();
+            write_all(&w, b"again");
+            let (ready, _) = lp.wait(py, Some(0.0)).unwrap();
+            assert!(ready.is_empty());
+
+            assert!(lp.remove_native(token));
+            assert!(!lp.remove_native(token), "a stale token removes nothing");
+            assert_eq!(lp.registered(), 0);
+        });
+    }
+
+    #[test]
+    fn notify_wakes_a_wait_at_once() {
+        Python::initialize();
+        Python::attach(|py| {
+            let lp = Arc::new(Loop::new().unwrap());
+            let waker = lp.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.notify().unwrap();
+            });
+            let start = Instant::now();
+            let (ready, _) = lp.wait(py, None).unwrap();
+            assert!(ready.is_empty());
+            assert!(start.elapsed() < Duration::from_secs(5));
+            t.join().unwrap();
+        });
+    }
+}

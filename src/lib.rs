@@ -1,0 +1,29 @@
+//! `twisted_shim._core`: the Rust half of the twisted_shim reactor.
+//!
+//! The tree follows the reactor's concerns, one module each:
+//!
+//! - [`event_loop`]: the `Loop` object a Python reactor owns — `run`, `iterate`,
+//!   polling with the GIL released, and dispatch of readiness;
+//! - [`fdset`]: the registrations behind IReactorFDSet (Python selectables and
+//!   native Rust handlers), kept in a `slab`;
+//! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
+//! - [`calls`]: the queue behind `callFromThread`;
+//! - [`twisted`]: the Twisted objects the core needs (errors, the logger).
+//!
+//! This file only wires the modules into the Python module.
+
+use pyo3::prelude::*;
+
+pub mod calls;
+pub mod event_loop;
+pub mod fdset;
+pub mod time;
+pub mod twisted;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    time::init_pymodule(m)?;
+    event_loop::init_pymodule(m)?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The Twisted objects the Rust core needs, imported once and kept.
+//!
+//! Twisted is imported lazily (on first use, with the GIL held), so importing
+//! `twisted_shim._core` stays cheap. Failures in application callbacks are
+//! logged through `twisted_shim._hooks`, which turns a Python exception into a
+//! `Failure` and hands it to `twisted.logger` exactly as Twisted's own
+//! reactors do.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+/// Objects from Twisted and from our Python package, resolved once.
+pub struct Api {
+    pub already_called: Py<PyAny>,
+    pub already_cancelled: Py<PyAny>,
+    pub connection_done: Py<PyAny>,
+    pub connection_lost: Py<PyAny>,
+    pub no_filedesc: Py<PyAny>,
+    pub log_failure: Py<PyAny>,
+    pub log_err: Py<PyAny>,
+    pub context_tracker: Py<PyAny>,
+    pub ilogcontext: Py<PyAny>,
+}
+
+static API: PyOnceLock<Api> = PyOnceLock::new();
+
+/// The resolved objects; the first call imports Twisted.
+pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
+    API.get_or_try_init(py, || {
+        let error = py.import("twisted.internet.error")?;
+        let main = py.import("twisted.internet.main")?;
+        let posixbase = py.import("twisted.internet.posixbase")?;
+        let hooks = py.import("twisted_shim._hooks")?;
+        let context = py.import("twisted.python.context")?;
+        let log = py.import("twisted.python.log")?;
+        Ok(Api {
+            already_called: error.getattr("AlreadyCalled")?.unbind(),
+            already_cancelled: error.getattr("AlreadyCancelled")?.unbind(),
+            connection_done: main.getattr("CONNECTION_DONE")?.unbind(),
+            connection_lost: main.getattr("CONNECTION_LOST")?.unbind(),
+            no_filedesc: posixbase.getattr("_NO_FILEDESC")?.unbind(),
+            log_failure: hooks.getattr("log_failure")?.unbind(),
+            log_err: hooks.getattr("log_err")?.unbind(),
+            context_tracker: context.getattr("theContextTracker")?.unbind(),
+            ilogcontext: log.getattr("ILogContext")?.unbind(),
+        })
+    })
+}
+
+/// Log `err` as Twisted's `Logger.failure(why, Failure(err))` does.
+///
+/// Never fails: if logging itself raises, the error is printed through
+/// `sys.unraisablehook` rather than lost or propagated into the loop.
+pub fn log_failure(py: Python<'_>, why: &str, err: PyErr) {
+    let logged =
+        api(py).and_then(|api| api.log_failure.call1(py, (why, err.value(py))).map(|_| ()));
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Log `err` as `twisted.python.log.err(failure, system=system)` does: the
+/// legacy form used by `callWithLogger`, so the event carries the selectable's
+/// log prefix.
+pub fn log_err(py: Python<'_>, err: &PyErr, system: Option<&Bound<'_, PyAny>>) {
+    let logged = api(py).and_then(|api| api.log_err.call1(py, (err.value(py), system)).map(|_| ()));
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// A pushed `{"system": prefix}` log context, the native form of
+/// `twisted.python.log.callWithLogger`; popped on drop.
+pub struct LogContext<'py> {
+    contexts: Bound<'py, PyAny>,
+}
+
+impl<'py> LogContext<'py> {
+    /// The context stack of the calling thread (`ContextTracker.contexts`).
+    pub fn stack(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let api = api(py)?;
+        api.context_tracker
+            .bind(py)
+            .call_method0("currentContext")?
+            .getattr("contexts")
+    }
+
+    /// Push a copy of the current context whose log context names `system`.
+    pub fn push(
+        py: Python<'py>,
+        contexts: &Bound<'py, PyAny>,
+        system: &Bound<'py, PyAny>,
+    ) -> PyResult<Self> {
+        let api = api(py)?;
+        let top = contexts.get_item(-1)?;
+        let top = top.cast::<PyDict>()?;
+        let ilog = api.ilogcontext.bind(py);
+        let log_ctx = match top.get_item(ilog)? {
+            Some(d) => d.cast::<PyDict>()?.copy()?,
+            None => PyDict::new(py),
+        };
+        log_ctx.set_item("system", system)?;
+        let new = top.copy()?;
+        new.set_item(ilog, log_ctx)?;
+        contexts.call_method1("append", (new,))?;
+        Ok(LogContext {
+            contexts: contexts.clone(),
+        })
+    }
+}
+
+impl Drop for LogContext<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.contexts.call_method0("pop") {
+            e.write_unraisable(self.contexts.py(), None);
+        }
+    }
+}

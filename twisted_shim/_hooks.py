@@ -1,0 +1,37 @@
+"""
+Python functions the Rust core calls back into.
+
+The core turns an exception raised by application code (a timed call, a call
+from a thread, a selectable's C{doRead}) into a call here, so the event that
+reaches C{twisted.logger} is the one Twisted's own reactors emit.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.python import log
+from twisted.python.failure import Failure
+
+_log = Logger(namespace="twisted.internet.base")
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure(exc, type(exc), exc.__traceback__)
+
+
+def log_failure(why: str, exc: BaseException) -> None:
+    """
+    Log C{exc} as C{Logger.failureHandler(why)} does in
+    L{twisted.internet.base}.
+    """
+    _log.failure(why, _failure(exc))
+
+
+def log_err(exc: BaseException, system: str | None = None) -> None:
+    """
+    Log C{exc} as L{twisted.python.log.err} does inside C{callWithLogger}.
+    """
+    if system is None:
+        log.err(_failure(exc))
+    else:
+        log.err(_failure(exc), system=system)

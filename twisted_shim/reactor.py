@@ -1,0 +1,213 @@
+"""
+The twisted_shim reactor: Twisted's posix reactor with a Rust event loop.
+
+L{RustReactor} is a plain Python class (so Twisted's test builders can swap
+it in for the global reactor) that owns a L{twisted_shim._core.Loop}. The
+loop, the timers, the file-descriptor set and the C{callFromThread} queue are
+Rust; everything Twisted builds above a poll-like reactor (TCP, UDP, UNIX,
+TLS, processes, the thread pool, the resolver, signals, system events) is
+Twisted's own code, unmodified, running on it.
+
+Install it with L{install}, C{installReactor("rust")}, C{trial --reactor=rust}
+or C{twist --reactor=rust}.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+from twisted.internet import posixbase
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorFDSet,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
+from twisted.logger import Logger
+from zope.interface import classImplements, implementer
+
+from twisted_shim import _core
+
+_log = Logger(namespace="twisted.internet.base")
+
+classImplements(_core.DelayedCall, IDelayedCall)
+
+__all__ = ["RustReactor", "install"]
+
+
+class _LoopWaker:
+    """
+    The reactor's C{waker}: wakes the Rust loop through its poller's notifier
+    (an eventfd), so there is no pipe to read and no internal reader.
+    """
+
+    def __init__(self, loop: _core.Loop) -> None:
+        self._loop = loop
+
+    def wakeUp(self) -> None:
+        self._loop.wake()
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+
+@implementer(IReactorFDSet)
+class RustReactor(posixbase.PosixReactorBase):
+    """
+    A Twisted reactor whose event loop is L{twisted_shim._core.Loop}.
+
+    @ivar _loop: The Rust loop. It holds every registered descriptor (a
+        selectable is in C{getReaders()} exactly when the loop watches its
+        descriptor for input), every pending timed call and the queue of
+        calls from other threads.
+    @ivar _continuousPolling: Selectables epoll cannot watch (regular files),
+        polled on every iteration instead, as in C{epollreactor}.
+    @ivar callLater: The loop's C{call_later}, bound on the instance so a
+        call costs no Python frame; likewise C{callFromThread} and
+        C{getDelayedCalls}.
+    """
+
+    # Event bits the loop reports, for code that reads them as epoll's.
+    _POLL_DISCONNECTED = _core.POLL_HUP | _core.POLL_ERR
+    _POLL_IN = _core.POLL_IN
+    _POLL_OUT = _core.POLL_OUT
+
+    def __init__(self) -> None:
+        self._loop = _core.Loop()
+        loop = self._loop
+        # The hot entry points go straight to Rust.
+        self.callLater = loop.call_later
+        self.getDelayedCalls = loop.get_delayed_calls
+        self.callFromThread = loop.call_from_thread
+        self._continuousPolling = posixbase._ContinuousPolling(self)
+        self._wakeupFD: int | None = None
+        posixbase.PosixReactorBase.__init__(self)
+
+    # IReactorTime
+
+    def _getSeconds(self) -> Callable[[], float]:
+        clock = self._loop.get_clock()
+        return self._loop.seconds if clock is None else clock
+
+    def _setSeconds(self, clock: Callable[[], float]) -> None:
+        # Assigning reactor.seconds (as Twisted's own tests do) changes the
+        # clock callLater and DelayedCall use, as it does on ReactorBase.
+        self._loop.set_clock(None if clock == self._loop.seconds else clock)
+
+    def _delSeconds(self) -> None:
+        self._loop.set_clock(None)
+
+    seconds = property(_getSeconds, _setSeconds, _delSeconds)  # type: ignore[assignment]
+
+    def timeout(self) -> float | None:
+        return self._loop.timeout()
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:  # type: ignore[override]
+        return self._loop.get_delayed_calls()
+
+    # IReactorCore
+
+    def installWaker(self) -> None:
+        if not self.waker:
+            self.waker = _LoopWaker(self._loop)
+
+    def wakeUp(self) -> None:
+        self._loop.wake()
+
+    def runUntilCurrent(self) -> None:
+        self._loop.run_until_current(self)
+
+    def doIteration(self, delay: float | None) -> None:
+        self._loop.do_iteration(self, delay)
+
+    doPoll = doIteration
+
+    def iterate(self, delay: float = 0.0) -> None:
+        self._loop.run_until_current(self)
+        self._loop.do_iteration(self, delay)
+
+    def mainLoop(self) -> None:
+        self._loop.run(self)
+        _log.info("Main loop terminated.")
+
+    def run(self, installSignalHandlers: bool = True) -> None:
+        self.startRunning(installSignalHandlers=installSignalHandlers)
+        self._installWakeupFD()
+        try:
+            self.mainLoop()
+        finally:
+            self._signals.uninstall()
+            self._uninstallWakeupFD()
+
+    def _installWakeupFD(self) -> None:
+        """
+        Make signals wake the loop even when Twisted installed no handlers of
+        its own, so Ctrl-C interrupts a sleeping reactor as it does
+        C{epollreactor} (whose C{epoll.poll} returns on C{EINTR}).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        fd = self._loop.signal_fd()
+        previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        if previous != -1:
+            # Someone (Twisted's SIGCHLD handling) has one already: keep it.
+            signal.set_wakeup_fd(previous)
+            return
+        self._wakeupFD = fd
+
+    def _uninstallWakeupFD(self) -> None:
+        if self._wakeupFD is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            current = signal.set_wakeup_fd(-1)
+            if current != self._wakeupFD:
+                signal.set_wakeup_fd(current)
+        self._wakeupFD = None
+
+    # IReactorFDSet
+
+    def addReader(self, reader: IReadDescriptor) -> None:
+        if not self._loop.add_reader(reader):
+            self._continuousPolling.addReader(reader)
+
+    def addWriter(self, writer: IWriteDescriptor) -> None:
+        if not self._loop.add_writer(writer):
+            self._continuousPolling.addWriter(writer)
+
+    def removeReader(self, reader: IReadDescriptor) -> None:
+        if not self._loop.remove_reader(reader):
+            if self._continuousPolling.isReading(reader):
+                self._continuousPolling.removeReader(reader)
+
+    def removeWriter(self, writer: IWriteDescriptor) -> None:
+        if not self._loop.remove_writer(writer):
+            if self._continuousPolling.isWriting(writer):
+                self._continuousPolling.removeWriter(writer)
+
+    def removeAll(self) -> list[IReadDescriptor | IWriteDescriptor]:
+        return (
+            self._removeAll(self._loop.readers(), self._loop.writers())
+            + self._continuousPolling.removeAll()
+        )
+
+    def getReaders(self) -> list[IReadDescriptor]:
+        return self._loop.readers() + self._continuousPolling.getReaders()
+
+    def getWriters(self) -> list[IWriteDescriptor]:
+        return self._loop.writers() + self._continuousPolling.getWriters()
+
+
+def install() -> RustReactor:
+    """
+    Install a L{RustReactor} as C{twisted.internet.reactor}.
+
+    @raise twisted.internet.error.ReactorAlreadyInstalledError: if a reactor
+        is installed already.
+    """
+    reactor = RustReactor()
+    from twisted.internet.main import installReactor
+
+    installReactor(reactor)
+    return reactor
