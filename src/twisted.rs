@@ -53,8 +53,11 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
 /// Never fails: if logging itself raises, the error is printed through
 /// `sys.unraisablehook` rather than lost or propagated into the loop.
 pub fn log_failure(py: Python<'_>, why: &str, err: PyErr) {
-    let logged =
-        api(py).and_then(|api| api.log_failure.call1(py, (why, err.value(py))).map(|_| ()));
+    let logged = api(py).and_then(|api| {
+        api.log_failure
+            .call1(py, (why, err.value(py), err.traceback(py)))
+            .map(|_| ())
+    });
     if let Err(e) = logged {
         e.write_unraisable(py, None);
     }
@@ -64,7 +67,11 @@ pub fn log_failure(py: Python<'_>, why: &str, err: PyErr) {
 /// legacy form used by `callWithLogger`, so the event carries the selectable's
 /// log prefix.
 pub fn log_err(py: Python<'_>, err: &PyErr, system: Option<&Bound<'_, PyAny>>) {
-    let logged = api(py).and_then(|api| api.log_err.call1(py, (err.value(py), system)).map(|_| ()));
+    let logged = api(py).and_then(|api| {
+        api.log_err
+            .call1(py, (err.value(py), err.traceback(py), system))
+            .map(|_| ())
+    });
     if let Err(e) = logged {
         e.write_unraisable(py, None);
     }

@@ -8,6 +8,8 @@ reaches C{twisted.logger} is the one Twisted's own reactors emit.
 
 from __future__ import annotations
 
+from types import TracebackType
+
 from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -15,23 +17,25 @@ from twisted.python.failure import Failure
 _log = Logger(namespace="twisted.internet.base")
 
 
-def _failure(exc: BaseException) -> Failure:
-    return Failure(exc, type(exc), exc.__traceback__)
+def _failure(exc: BaseException, tb: TracebackType | None) -> Failure:
+    return Failure(exc, type(exc), tb if tb is not None else exc.__traceback__)
 
 
-def log_failure(why: str, exc: BaseException) -> None:
+def log_failure(why: str, exc: BaseException, tb: TracebackType | None) -> None:
     """
     Log C{exc} as C{Logger.failureHandler(why)} does in
     L{twisted.internet.base}.
     """
-    _log.failure(why, _failure(exc))
+    _log.failure(why, _failure(exc, tb))
 
 
-def log_err(exc: BaseException, system: str | None = None) -> None:
+def log_err(
+    exc: BaseException, tb: TracebackType | None, system: str | None = None
+) -> None:
     """
     Log C{exc} as L{twisted.python.log.err} does inside C{callWithLogger}.
     """
     if system is None:
-        log.err(_failure(exc))
+        log.err(_failure(exc, tb))
     else:
-        log.err(_failure(exc), system=system)
+        log.err(_failure(exc, tb), system=system)
