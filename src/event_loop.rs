@@ -156,6 +156,13 @@ impl Loop {
         reg.is_some()
     }
 
+    /// Run `callable()` on the reactor thread at the next iteration (as
+    /// `callFromThread`; usable from any thread).
+    pub fn call_soon(&self, py: Python<'_>, callable: Py<PyAny>) -> PyResult<()> {
+        self.calls.push(callable, PyTuple::empty(py).unbind(), None);
+        self.notify()
+    }
+
     pub fn notify(&self) -> PyResult<()> {
         self.poller.notify().map_err(os_error)
     }

@@ -8,7 +8,9 @@
 //!   native Rust handlers), kept in a `slab`;
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
 //! - [`calls`]: the queue behind `callFromThread`;
-//! - [`twisted`]: the Twisted objects the core needs (errors, the logger).
+//! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
+//! - [`http`]: the HTTP/1.1 server of the WSGI host, as native handlers;
+//! - [`wsgi`]: PEP 3333 and the pause_output extension on that server.
 //!
 //! This file only wires the modules into the Python module.
 
@@ -17,13 +19,17 @@ use pyo3::prelude::*;
 pub mod calls;
 pub mod event_loop;
 pub mod fdset;
+pub mod http;
 pub mod time;
 pub mod twisted;
+pub mod wsgi;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     time::init_pymodule(m)?;
     event_loop::init_pymodule(m)?;
+    http::server::init_pymodule(m)?;
+    wsgi::init_pymodule(m)?;
     Ok(())
 }

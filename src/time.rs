@@ -340,6 +340,11 @@ pub struct DelayedCall {
 }
 
 impl DelayedCall {
+    /// Neither called nor cancelled.
+    pub fn is_active(&self) -> bool {
+        !(self.cancelled || self.called)
+    }
+
     fn activate_delay(&mut self) {
         self.time += self.delayed_time;
         self.delayed_time = 0.0;

@@ -1,0 +1,99 @@
+//! The HTTP/1.1 server of the WSGI host, on the reactor's loop.
+//!
+//! - [`parse`]: request heads (`httparse` plus the strictness a server needs)
+//!   and chunked bodies;
+//! - [`write`]: the output queue (`writev`, `sendfile`, no copy of the
+//!   application's bytes);
+//! - [`conn`]: one connection: reading, framing requests, timeouts,
+//!   keep-alive and pipelining, closing;
+//! - [`server`]: the Python-facing `HttpServer`: listeners, the connection
+//!   table, the timeout sweep, graceful shutdown.
+//!
+//! Connections are native handlers of the loop ([`crate::fdset::NativeHandler`]):
+//! no Python transport or protocol object is involved until the application
+//! is called (see [`crate::wsgi`]).
+
+pub mod conn;
+pub mod parse;
+pub mod server;
+pub mod write;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// (year, month 1-12, day) from days since 1970-01-01 (Howard Hinnant's
+/// civil-from-days).
+fn civil(days: i64) -> (i64, usize, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as usize, d)
+}
+
+fn now_parts() -> (i64, i64) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (secs.div_euclid(86_400), secs.rem_euclid(86_400))
+}
+
+/// The `Date` header value for now (IMF-fixdate).
+pub fn http_date() -> String {
+    let (days, secs) = now_parts();
+    let (y, m, d) = civil(days);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[m - 1],
+        y,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The date of an access-log line (common log format).
+pub fn log_date() -> String {
+    let (days, secs) = now_parts();
+    let (y, m, d) = civil(days);
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        d,
+        MONTHS[m - 1],
+        y,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(20_513), (2026, 3, 1));
+    }
+
+    #[test]
+    fn date_shape() {
+        let d = http_date();
+        assert_eq!(d.len(), 29, "{d}");
+        assert!(d.ends_with(" GMT"));
+    }
+}

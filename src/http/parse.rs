@@ -1,0 +1,569 @@
+//! Request parsing: the head with `httparse`, then the checks HTTP/1.1
+//! servers must add on top of it, and the chunked body decoder.
+//!
+//! `httparse` is lenient where a server must be strict (it accepts a bare LF
+//! as a line end); [`parse_head`] rejects what RFC 9112 says to reject, so a
+//! request that reaches the application has exactly one unambiguous framing:
+//! bare LF, obs-fold, invalid characters, both `Content-Length` and
+//! `Transfer-Encoding`, invalid or repeated `Content-Length`, and transfer
+//! codings other than `chunked` are all 400.
+
+use std::fmt;
+
+/// How many headers a request may have (more is 431, like a too large head).
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a request cannot be served; each maps to one status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// 400, with the reason (sent in the body and logged).
+    BadRequest(&'static str),
+    /// 431: the head is larger than the limit.
+    HeadTooLarge,
+    /// 413: the body is larger than the limit.
+    BodyTooLarge,
+    /// 408: the head did not arrive in time.
+    Timeout,
+    /// 501: a method or transfer coding we do not implement.
+    NotImplemented(&'static str),
+    /// 505.
+    VersionNotSupported,
+}
+
+impl Reject {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "400 Bad Request",
+            Reject::HeadTooLarge => "431 Request Header Fields Too Large",
+            Reject::BodyTooLarge => "413 Content Too Large",
+            Reject::Timeout => "408 Request Timeout",
+            Reject::NotImplemented(_) => "501 Not Implemented",
+            Reject::VersionNotSupported => "505 HTTP Version Not Supported",
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::BadRequest(why) | Reject::NotImplemented(why) => {
+                write!(f, "{}: {}", self.status(), why)
+            }
+            _ => f.write_str(self.status()),
+        }
+    }
+}
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Header names as sent, values as bytes (they may hold obs-text).
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: BodyKind,
+    /// The client asked for `100 Continue`.
+    pub expect_continue: bool,
+    /// The connection stays open after this response (per version and
+    /// `Connection`).
+    pub keep_alive: bool,
+    /// Bytes of the buffer the head took.
+    pub len: usize,
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parse a request head from the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed (and `buf` is still within
+/// `max_head`), `Ok(Some(head))` when a whole head is there.
+pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Reject> {
+    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
+    let mut skip = 0;
+    while buf[skip..].starts_with(b"\r\n") {
+        skip += 2;
+    }
+    let buf = &buf[skip..];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(httparse::Error::Version) => {
+            // "HTTP/2.0" and friends are well-formed but not ours.
+            return if buf.starts_with(b"PRI * HTTP/2") || has_other_version(buf) {
+                Err(Reject::VersionNotSupported)
+            } else {
+                Err(Reject::BadRequest("malformed request line"))
+            };
+        }
+        Err(httparse::Error::HeaderName) => {
+            return Err(Reject::BadRequest("invalid header name or obs-fold"))
+        }
+        Err(httparse::Error::HeaderValue) => {
+            return Err(Reject::BadRequest("invalid character in a header value"))
+        }
+        Err(httparse::Error::NewLine) => return Err(Reject::BadRequest("malformed line ending")),
+        Err(httparse::Error::Token) => {
+            return Err(Reject::BadRequest("invalid character in the request line"))
+        }
+        Err(_) => return Err(Reject::BadRequest("malformed request")),
+    };
+    let len = match status {
+        httparse::Status::Partial => {
+            if buf.len() > max_head {
+                return Err(Reject::HeadTooLarge);
+            }
+            // A bare LF in what we have is already fatal; say so now rather
+            // than wait for a head that would be rejected anyway.
+            check_line_ends(buf)?;
+            return Ok(None);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if len > max_head {
+        return Err(Reject::HeadTooLarge);
+    }
+    check_line_ends(&buf[..len])?;
+    let method = req.method.unwrap_or_default().to_owned();
+    let target = req.path.unwrap_or_default().to_owned();
+    let minor = req.version.unwrap_or(1);
+    if target.is_empty() {
+        return Err(Reject::BadRequest("empty request target"));
+    }
+    split_target(&target)?;
+
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut expect_continue = false;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut host_seen = false;
+    let mut out = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = h.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(Reject::BadRequest("repeated Content-Length"));
+            }
+            content_length = Some(parse_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding {
+                return Err(Reject::BadRequest("repeated Transfer-Encoding"));
+            }
+            transfer_encoding = true;
+            if value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                chunked = true;
+            } else if has_token(value, "chunked") {
+                return Err(Reject::NotImplemented(
+                    "transfer codings other than chunked",
+                ));
+            } else {
+                return Err(Reject::NotImplemented("unsupported transfer coding"));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            conn_close |= has_token(value, "close");
+            conn_keep_alive |= has_token(value, "keep-alive");
+        } else if name.eq_ignore_ascii_case("expect") {
+            if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            if host_seen {
+                return Err(Reject::BadRequest("repeated Host"));
+            }
+            host_seen = true;
+        }
+        out.push((name.to_owned(), value.to_vec()));
+    }
+    if transfer_encoding && content_length.is_some() {
+        return Err(Reject::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if minor == 1 && !host_seen {
+        return Err(Reject::BadRequest("missing Host header"));
+    }
+    if transfer_encoding && minor == 0 {
+        return Err(Reject::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    let body = if chunked {
+        BodyKind::Chunked
+    } else {
+        match content_length {
+            Some(0) | None => BodyKind::None,
+            Some(n) => BodyKind::Length(n),
+        }
+    };
+    let keep_alive = if minor == 0 {
+        conn_keep_alive && !conn_close
+    } else {
+        !conn_close
+    };
+    Ok(Some(Head {
+        method,
+        target,
+        minor,
+        headers: out,
+        body,
+        expect_continue: expect_continue && minor == 1 && body != BodyKind::None,
+        keep_alive,
+        len: skip + len,
+    }))
+}
+
+fn has_other_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    line.rsplit(|&b| b == b' ').next().is_some_and(|v| {
+        v.starts_with(b"HTTP/") && v.len() == 8 && v != b"HTTP/1.1" && v != b"HTTP/1.0"
+    })
+}
+
+/// Every LF must follow a CR: a bare LF is how request smuggling starts.
+fn check_line_ends(head: &[u8]) -> Result<(), Reject> {
+    for (i, &b) in head.iter().enumerate() {
+        if b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            return Err(Reject::BadRequest("bare LF line ending"));
+        }
+    }
+    Ok(())
+}
+
+/// A Content-Length value: digits only, no sign, no list, no overflow.
+fn parse_length(value: &[u8]) -> Result<u64, Reject> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Reject::BadRequest("invalid Content-Length"));
+    }
+    let mut n: u64 = 0;
+    for &d in v {
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(Reject::BadRequest("invalid Content-Length"))?;
+    }
+    Ok(n)
+}
+
+/// Incremental decoder of a chunked body.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// Decoded body size so far.
+    pub total: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decode as much of `input` as possible into `out`; returns how many
+    /// input bytes were consumed. Stops at the end of the body.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        max_body: u64,
+    ) -> Result<usize, Reject> {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                ChunkState::Done => return Ok(pos),
+                ChunkState::Size => {
+                    let line_end = match find_crlf(rest) {
+                        Some(i) => i,
+                        None => {
+                            if rest.len() > 4096 {
+                                return Err(Reject::BadRequest("chunk size line too long"));
+                            }
+                            if rest.contains(&b'\n') {
+                                return Err(Reject::BadRequest("bare LF in chunked body"));
+                            }
+                            return Ok(pos);
+                        }
+                    };
+                    let size = match httparse::parse_chunk_size(&rest[..line_end + 2]) {
+                        Ok(httparse::Status::Complete((n, size))) if n == line_end + 2 => size,
+                        _ => return Err(Reject::BadRequest("invalid chunk size")),
+                    };
+                    pos += line_end + 2;
+                    if size == 0 {
+                        self.state = ChunkState::Trailers;
+                    } else {
+                        if self.total.saturating_add(size) > max_body {
+                            return Err(Reject::BodyTooLarge);
+                        }
+                        self.state = ChunkState::Data(size);
+                    }
+                }
+                ChunkState::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok(pos);
+                    }
+                    let take = (left.min(rest.len() as u64)) as usize;
+                    out.extend_from_slice(&rest[..take]);
+                    self.total += take as u64;
+                    pos += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(pos);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(Reject::BadRequest("chunk data not followed by CRLF"));
+                    }
+                    pos += 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    // Trailer fields are read and dropped; an empty line ends them.
+                    let line_end = match find_crlf(rest) {
+                        Some(i) => i,
+                        None => {
+                            if rest.len() > 8192 {
+                                return Err(Reject::BadRequest("trailer section too long"));
+                            }
+                            if rest.contains(&b'\n') {
+                                return Err(Reject::BadRequest("bare LF in trailers"));
+                            }
+                            return Ok(pos);
+                        }
+                    };
+                    if rest[..line_end].contains(&b'\n') {
+                        return Err(Reject::BadRequest("bare LF in trailers"));
+                    }
+                    pos += line_end + 2;
+                    if line_end == 0 {
+                        self.state = ChunkState::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Percent-decode a request path into bytes (invalid escapes stay as they are).
+pub fn percent_decode(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Split a request target into (path, query), accepting origin-form,
+/// absolute-form and `*`.
+pub fn split_target(target: &str) -> Result<(&str, &str), Reject> {
+    let rest = if target.starts_with('/') {
+        target
+    } else if target == "*" {
+        return Ok(("*", ""));
+    } else if let Some(after) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        match after.find('/') {
+            Some(i) => &after[i..],
+            None => match after.find('?') {
+                Some(i) => &after[i..],
+                None => "/",
+            },
+        }
+    } else {
+        return Err(Reject::BadRequest("invalid request target"));
+    };
+    let rest = rest.split('#').next().unwrap_or("");
+    Ok(match rest.find('?') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (if rest.is_empty() { "/" } else { rest }, ""),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Option<Head>, Reject> {
+        parse_head(raw.as_bytes(), 65536)
+    }
+
+    #[test]
+    fn simple_get() {
+        let h = head("GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.target, "/a?b=1");
+        assert_eq!(h.minor, 1);
+        assert!(h.keep_alive);
+        assert_eq!(h.body, BodyKind::None);
+    }
+
+    #[test]
+    fn partial_then_complete() {
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn http10_defaults_to_close() {
+        let h = head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let bad = [
+            "GET / HTTP/1.1\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\x01\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1,1\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ];
+        for raw in bad {
+            let r = head(raw);
+            assert!(
+                matches!(r, Err(Reject::BadRequest(_))),
+                "{raw:?} gave {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn head_too_large() {
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(1000)
+        );
+        assert_eq!(
+            parse_head(raw.as_bytes(), 100).unwrap_err(),
+            Reject::HeadTooLarge
+        );
+        let partial = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(1000));
+        assert_eq!(
+            parse_head(partial.as_bytes(), 100).unwrap_err(),
+            Reject::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn chunked_decoding() {
+        let mut d = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        let input = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let used = d.decode(input, &mut out, 100).unwrap();
+        assert!(d.is_done());
+        assert_eq!(out, b"hello world");
+        assert_eq!(&input[used..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_in_pieces() {
+        let input = b"5\r\nhello\r\n0\r\n\r\n";
+        let mut d = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for &b in input.iter() {
+            buf.push(b);
+            let used = d.decode(&buf, &mut out, 100).unwrap();
+            buf.drain(..used);
+        }
+        assert!(d.is_done());
+        assert_eq!(out, b"hello");
+    }
+
+    #[test]
+    fn bad_chunks() {
+        for input in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"5\nhello\r\n", b"-1\r\n"] {
+            let mut d = ChunkedDecoder::default();
+            assert!(
+                matches!(
+                    d.decode(input, &mut Vec::new(), 100),
+                    Err(Reject::BadRequest(_))
+                ),
+                "{input:?}"
+            );
+        }
+        let mut d = ChunkedDecoder::default();
+        assert_eq!(
+            d.decode(b"ff\r\n", &mut Vec::new(), 10).unwrap_err(),
+            Reject::BodyTooLarge
+        );
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("/a/b?c=d").unwrap(), ("/a/b", "c=d"));
+        assert_eq!(split_target("http://h:1/x?y").unwrap(), ("/x", "y"));
+        assert_eq!(split_target("http://h").unwrap(), ("/", ""));
+        assert!(split_target("x").is_err());
+        assert_eq!(percent_decode(b"/a%20b%zz%4"), b"/a b%zz%4");
+    }
+}

@@ -1,0 +1,644 @@
+//! The per-request Python objects: [`Request`] (whose bound methods are
+//! `start_response`, `write`, and the pause_output keys of the environ) and
+//! [`Resume`], the callable `pause_output()` returns.
+//!
+//! A pause has one [`Resume`] whose `state` moves only forward:
+//!
+//! ```text
+//! ARMED ──yield──▶ PAUSED ──resume()/timeout──▶ RESUMED
+//!   └──resume() before the yield (early)──────▶ RESUMED
+//! any ──request over (end, disconnect, abort)──▶ DEAD
+//! ```
+//!
+//! Only the transition into RESUMED (or DEAD) succeeds once; that is how
+//! `resume()` returns `True` exactly on the call that changes the state.
+//! Leaving PAUSED queues a [`Continue`] on the loop, which pulls the next item
+//! from the application on the reactor thread (never inside `resume()`).
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, Weak};
+use std::time::Instant;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::event_loop::Loop;
+use crate::http::conn::Conn;
+use crate::http::server::Shared;
+use crate::time::{lock, DelayedCall};
+use crate::twisted::log_failure;
+use crate::wsgi::respond;
+
+pub const ARMED: u8 = 0;
+pub const PAUSED: u8 = 1;
+pub const RESUMED: u8 = 2;
+pub const DEAD: u8 = 3;
+
+/// One request's WSGI state, and the Python callables of its environ.
+#[pyclass(module = "twisted_shim._core")]
+pub struct Request {
+    pub conn: Weak<Conn>,
+    pub shared: Weak<Shared>,
+    pub method: String,
+    pub target: String,
+    pub minor: u8,
+    pub head_request: bool,
+    /// The client allows the connection to stay open.
+    pub keep_alive: bool,
+    pub status: Option<String>,
+    pub status_code: u16,
+    pub headers: Vec<(String, String)>,
+    pub headers_sent: bool,
+    pub content_length: Option<u64>,
+    /// Body bytes accepted from the application (framing excluded).
+    pub body_sent: u64,
+    pub chunked: bool,
+    /// The body ends when the connection closes (HTTP/1.0, no length).
+    pub close_delimited: bool,
+    /// The status allows no body (1xx, 204, 304), or the request is HEAD.
+    pub no_body: bool,
+    pub app_close: bool,
+    pub result: Option<Py<PyAny>>,
+    pub iter: Option<Py<PyAny>>,
+    pub closed: bool,
+    pub in_app_call: bool,
+    pub in_iter: bool,
+    pub pause: Option<Py<Resume>>,
+    pub suspended: bool,
+    pub next_turn: bool,
+    pub waiting_drain: bool,
+    pub finished: bool,
+    pub disconnected: bool,
+    pub started: Instant,
+    pub overflow_logged: bool,
+}
+
+impl Request {
+    pub fn new(
+        conn: Weak<Conn>,
+        shared: Weak<Shared>,
+        method: String,
+        target: String,
+        minor: u8,
+        keep_alive: bool,
+    ) -> Self {
+        let head_request = method == "HEAD";
+        Request {
+            conn,
+            shared,
+            method,
+            target,
+            minor,
+            head_request,
+            keep_alive,
+            status: None,
+            status_code: 0,
+            headers: Vec::new(),
+            headers_sent: false,
+            content_length: None,
+            body_sent: 0,
+            chunked: false,
+            close_delimited: false,
+            no_body: head_request,
+            app_close: false,
+            result: None,
+            iter: None,
+            closed: false,
+            in_app_call: false,
+            in_iter: false,
+            pause: None,
+            suspended: false,
+            next_turn: false,
+            waiting_drain: false,
+            finished: false,
+            disconnected: false,
+            started: Instant::now(),
+            overflow_logged: false,
+        }
+    }
+
+    fn on_reactor_thread(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.reactor_thread == std::thread::current().id())
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Hop-by-hop headers an application must not send (PEP 3333); the host
+/// does the framing.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[pymethods]
+impl Request {
+    /// PEP 3333 `start_response(status, response_headers, exc_info=None)`.
+    #[pyo3(signature = (status, response_headers, exc_info=None))]
+    fn start_response<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        response_headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let r = slf.borrow();
+            if r.status.is_some() {
+                match exc_info {
+                    None => {
+                        return Err(PyRuntimeError::new_err(
+                            "start_response() called again without exc_info",
+                        ))
+                    }
+                    Some(info) if r.headers_sent => {
+                        // PEP 3333: re-raise the original exception.
+                        let info = info.cast::<PyTuple>()?;
+                        let value = info.get_item(1)?;
+                        let tb = info.get_item(2)?;
+                        let value = value.call_method1(intern!(py, "with_traceback"), (tb,))?;
+                        return Err(PyErr::from_value(value));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let status: String = status.extract().map_err(|_| {
+            PyTypeError::new_err(format!("status must be str, not {}", type_name(status)))
+        })?;
+        let code = status
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (100..=999).contains(c));
+        let Some(code) = code else {
+            return Err(PyValueError::new_err(format!(
+                "invalid status {status:?}: expected e.g. '200 OK'"
+            )));
+        };
+        if status.len() < 5 || status.as_bytes()[3] != b' ' || status.contains(['\r', '\n']) {
+            return Err(PyValueError::new_err(format!(
+                "invalid status {status:?}: expected e.g. '200 OK'"
+            )));
+        }
+        let list = response_headers.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err("response_headers must be a list of (name, value) tuples")
+        })?;
+        let mut headers = Vec::with_capacity(list.len());
+        let mut content_length = None;
+        let mut app_close = false;
+        for item in list.iter() {
+            let pair = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(format!("response header {item} is not a tuple"))
+            })?;
+            if pair.len() != 2 {
+                return Err(PyTypeError::new_err(format!(
+                    "response header {item} is not a (name, value) pair"
+                )));
+            }
+            let name: String = pair
+                .get_item(0)?
+                .extract()
+                .map_err(|_| PyTypeError::new_err(format!("header name in {item} must be str")))?;
+            let value: String = pair
+                .get_item(1)?
+                .extract()
+                .map_err(|_| PyTypeError::new_err(format!("header value in {item} must be str")))?;
+            if !valid_token(&name) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid header name {name:?}"
+                )));
+            }
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(PyValueError::new_err(format!(
+                    "header {name} has a line break or NUL in its value"
+                )));
+            }
+            if name.eq_ignore_ascii_case("connection") {
+                // Honoured, not forwarded: the host decides the framing.
+                app_close |= value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"));
+                continue;
+            }
+            if hop_by_hop(&name) {
+                return Err(PyValueError::new_err(format!(
+                    "hop-by-hop header {name:?} is not allowed from a WSGI application"
+                )));
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = value.trim();
+                content_length = Some(v.parse::<u64>().map_err(|_| {
+                    PyValueError::new_err(format!("invalid Content-Length {value:?}"))
+                })?);
+            }
+            headers.push((name, value));
+        }
+        {
+            let mut r = slf.borrow_mut();
+            r.status = Some(status);
+            r.status_code = code;
+            r.headers = headers;
+            r.content_length = content_length;
+            r.app_close = app_close;
+            r.no_body = r.head_request || code < 200 || code == 204 || code == 304;
+        }
+        slf.getattr(intern!(py, "write"))
+    }
+
+    /// The `write(data)` callable `start_response` returns.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let r = slf.borrow();
+            if !r.in_app_call || r.in_iter {
+                return Err(PyRuntimeError::new_err(
+                    "write() may be used only while the application callable runs, \
+                     not from its iterable or a callback",
+                ));
+            }
+            if r.status.is_none() {
+                return Err(PyRuntimeError::new_err(
+                    "write() called before start_response()",
+                ));
+            }
+        }
+        let bytes = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
+        })?;
+        let conn = slf.borrow().conn.upgrade();
+        let (Some(conn), Some(shared)) = (conn, slf.borrow().shared.upgrade()) else {
+            return Ok(());
+        };
+        respond::send_body(py, &conn, &shared, slf, bytes)
+    }
+
+    /// `wsgi.pause_output(timeout=None) -> resume`.
+    #[pyo3(signature = (timeout=None))]
+    fn pause_output(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<Py<Resume>> {
+        let py = slf.py();
+        let (shared, conn) = {
+            let r = slf.borrow();
+            if !r.on_reactor_thread() {
+                return Err(PyRuntimeError::new_err(
+                    "pause_output() must be called on the reactor thread",
+                ));
+            }
+            if r.finished {
+                return Err(PyRuntimeError::new_err(
+                    "pause_output() called after the response ended",
+                ));
+            }
+            if !(r.in_app_call || r.in_iter) {
+                return Err(PyRuntimeError::new_err(
+                    "pause_output() may be called only while the application or its iterable runs",
+                ));
+            }
+            if r.pause.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "pause_output() called while already armed or paused",
+                ));
+            }
+            (r.shared.upgrade(), r.conn.clone())
+        };
+        let Some(shared) = shared else {
+            return Err(PyRuntimeError::new_err("the server is gone"));
+        };
+        if let Some(t) = timeout {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "timeout must be a non-negative number of seconds, not {t}"
+                )));
+            }
+        }
+        let limit = match (timeout, shared.cfg.max_pause) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (Some(t), None) => Some(t),
+            (None, m) => m,
+        };
+        let resume = Py::new(
+            py,
+            Resume {
+                state: AtomicU8::new(ARMED),
+                timed_out: AtomicBool::new(false),
+                request: slf.clone().unbind(),
+                conn,
+                loop_: shared.loop_.clone_ref(py),
+                interrupts: Mutex::new(Vec::new()),
+                timer: Mutex::new(None),
+            },
+        )?;
+        if let Some(t) = limit {
+            let cb = Py::new(
+                py,
+                PauseTimeout {
+                    resume: resume.clone_ref(py),
+                },
+            )?;
+            let lp = shared.loop_.bind(py);
+            let dc = lp.call_method1(intern!(py, "call_later"), (t, cb))?;
+            *lock(&resume.get().timer) = Some(dc.cast_into::<DelayedCall>()?.unbind());
+        }
+        slf.borrow_mut().pause = Some(resume.clone_ref(py));
+        Ok(resume)
+    }
+
+    /// `x-wsgiorg.flush()`: send the status line and headers now.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (conn, shared, ready) = {
+            let r = slf.borrow();
+            (
+                r.conn.upgrade(),
+                r.shared.upgrade(),
+                r.status.is_some() && !r.headers_sent && !r.finished,
+            )
+        };
+        if let (Some(conn), Some(shared), true) = (conn, shared, ready) {
+            respond::send_headers(py, &conn, &shared, slf)?;
+            conn.settle(py);
+        }
+        Ok(())
+    }
+
+    /// `x-wsgiorg.client_disconnected() -> bool`.
+    fn client_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// `twisted_shim.wait(deferred, timeout=None) -> Waiter`.
+    #[pyo3(signature = (deferred, timeout=None))]
+    fn wait(
+        slf: &Bound<'_, Self>,
+        deferred: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let shared = slf
+            .borrow()
+            .shared
+            .upgrade()
+            .ok_or_else(|| PyRuntimeError::new_err("the server is gone"))?;
+        let resume = Request::pause_output(slf, timeout)?;
+        let waiter = shared
+            .waiter
+            .bind(py)
+            .call1((deferred, resume.clone_ref(py)))?;
+        resume
+            .get()
+            .interrupts_push(waiter.getattr(intern!(py, "_interrupt"))?.unbind());
+        Ok(waiter.unbind())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(r) = &self.result {
+            visit.call(r)?;
+        }
+        if let Some(i) = &self.iter {
+            visit.call(i)?;
+        }
+        if let Some(p) = &self.pause {
+            visit.call(p)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.result = None;
+        self.iter = None;
+        self.pause = None;
+    }
+}
+
+/// The `resume` callable of one pause.
+#[pyclass(module = "twisted_shim._core", frozen)]
+pub struct Resume {
+    pub state: AtomicU8,
+    timed_out: AtomicBool,
+    request: Py<Request>,
+    conn: Weak<Conn>,
+    loop_: Py<Loop>,
+    interrupts: Mutex<Vec<Py<PyAny>>>,
+    timer: Mutex<Option<Py<DelayedCall>>>,
+}
+
+impl Resume {
+    fn interrupts_push(&self, cb: Py<PyAny>) {
+        lock(&self.interrupts).push(cb);
+    }
+
+    fn cancel_timer(&self, py: Python<'_>) {
+        if let Some(dc) = lock(&self.timer).take() {
+            let dc = dc.bind(py);
+            if dc.borrow().is_active() {
+                if let Err(e) = dc.call_method0(intern!(py, "cancel")) {
+                    log_failure(py, "while cancelling a pause timeout", e);
+                }
+            }
+        }
+    }
+
+    /// Move to RESUMED from ARMED or PAUSED; returns the previous state.
+    fn to_resumed(&self) -> Option<u8> {
+        loop {
+            let s = self.state.load(Ordering::SeqCst);
+            if s != ARMED && s != PAUSED {
+                return None;
+            }
+            if self
+                .state
+                .compare_exchange(s, RESUMED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Some(s);
+            }
+        }
+    }
+
+    /// The driver reached the yield: suspend unless already resumed.
+    pub fn try_suspend(&self) -> bool {
+        self.state
+            .compare_exchange(ARMED, PAUSED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    fn schedule(&self, py: Python<'_>) -> PyResult<()> {
+        let cont = Py::new(
+            py,
+            Continue {
+                request: self.request.clone_ref(py),
+                conn: self.conn.clone(),
+                turn: false,
+            },
+        )?;
+        self.loop_.bind(py).get().call_soon(py, cont.into_any())
+    }
+
+    /// The pause is over without a resume (end, disconnect, abort). Runs the
+    /// interrupt callbacks (cancelling a `wait`'s Deferred) if the pause was
+    /// still pending.
+    pub fn kill(&self, py: Python<'_>, interrupted: bool) {
+        let prev = self.state.swap(DEAD, Ordering::SeqCst);
+        self.cancel_timer(py);
+        if interrupted && (prev == ARMED || prev == PAUSED) {
+            self.run_interrupts(py);
+        }
+    }
+
+    fn run_interrupts(&self, py: Python<'_>) {
+        let cbs = std::mem::take(&mut *lock(&self.interrupts));
+        for cb in cbs {
+            if let Err(e) = cb.call0(py) {
+                log_failure(py, "while interrupting a paused request", e);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Resume {
+    /// Resume the request. Returns True only on the call that changed the
+    /// state; safe from any thread; never calls into the application.
+    fn __call__(&self, py: Python<'_>) -> PyResult<bool> {
+        match self.to_resumed() {
+            None => Ok(false),
+            Some(prev) => {
+                self.cancel_timer(py);
+                if prev == PAUSED {
+                    self.schedule(py)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// True when the pause ended because its timeout expired.
+    #[getter]
+    fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::SeqCst)
+    }
+
+    /// Register a callable run if the pause ends by timeout or disconnect.
+    fn _on_interrupt(&self, cb: Py<PyAny>) {
+        self.interrupts_push(cb);
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match self.state.load(Ordering::SeqCst) {
+            ARMED => "armed",
+            PAUSED => "paused",
+            RESUMED => "resumed",
+            _ => "over",
+        };
+        format!(
+            "<resume ({state}{})>",
+            if self.timed_out() { ", timed out" } else { "" }
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.request)?;
+        if let Ok(cbs) = self.interrupts.try_lock() {
+            for cb in cbs.iter() {
+                visit.call(cb)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pause's timeout fired.
+#[pyclass(module = "twisted_shim._core", frozen)]
+pub struct PauseTimeout {
+    resume: Py<Resume>,
+}
+
+#[pymethods]
+impl PauseTimeout {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let r = self.resume.get();
+        lock(&r.timer).take();
+        // Only the reactor thread runs this, and it sets the flag before the
+        // request can run again (the continuation is queued after).
+        if let Some(prev) = r.to_resumed() {
+            r.timed_out.store(true, Ordering::SeqCst);
+            r.run_interrupts(py);
+            if prev == PAUSED {
+                r.schedule(py)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A step of a request queued on the loop: after a resume, or on the next
+/// loop turn after `b""` without a pause.
+#[pyclass(module = "twisted_shim._core", frozen)]
+pub struct Continue {
+    pub request: Py<Request>,
+    pub conn: Weak<Conn>,
+    pub turn: bool,
+}
+
+#[pymethods]
+impl Continue {
+    fn __call__(&self, py: Python<'_>) {
+        let Some(conn) = self.conn.upgrade() else {
+            return;
+        };
+        let req = self.request.bind(py);
+        let Some(shared) = req.borrow().shared.upgrade() else {
+            return;
+        };
+        {
+            let mut r = req.borrow_mut();
+            if r.finished {
+                return;
+            }
+            if self.turn {
+                if !r.next_turn {
+                    return;
+                }
+                r.next_turn = false;
+            } else {
+                let resumed = r
+                    .pause
+                    .as_ref()
+                    .is_some_and(|p| p.get().state.load(Ordering::SeqCst) == RESUMED);
+                if !r.suspended || !resumed {
+                    return;
+                }
+                r.suspended = false;
+                r.pause = None;
+            }
+        }
+        respond::drive(py, &conn, &shared, req);
+        conn.settle(py);
+    }
+}
