@@ -234,7 +234,14 @@ fn has_other_version(buf: &[u8]) -> bool {
     let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(buf.len());
     let line = &buf[..line_end];
     line.rsplit(|&b| b == b' ').next().is_some_and(|v| {
-        v.starts_with(b"HTTP/") && v.len() == 8 && v != b"HTTP/1.1" && v != b"HTTP/1.0"
+        // Well-formed (HTTP/d.d) but not 1.0 or 1.1: 505, not 400.
+        v.len() == 8
+            && v.starts_with(b"HTTP/")
+            && v[5].is_ascii_digit()
+            && v[6] == b'.'
+            && v[7].is_ascii_digit()
+            && v != b"HTTP/1.1"
+            && v != b"HTTP/1.0"
     })
 }
 
@@ -313,6 +320,9 @@ impl ChunkedDecoder {
                             return Ok(pos);
                         }
                     };
+                    if !rest[0].is_ascii_hexdigit() {
+                        return Err(Reject::BadRequest("invalid chunk size"));
+                    }
                     let size = match httparse::parse_chunk_size(&rest[..line_end + 2]) {
                         Ok(httparse::Status::Complete((n, size))) if n == line_end + 2 => size,
                         _ => return Err(Reject::BadRequest("invalid chunk size")),
@@ -486,6 +496,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1,1\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GARBAGE\r\n\r\n",
+            "GET / HTTP/1.x\r\nHost: x\r\n\r\n",
         ];
         for raw in bad {
             let r = head(raw);
@@ -494,6 +505,14 @@ mod tests {
                 "{raw:?} gave {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn other_versions_are_505() {
+        assert_eq!(
+            head("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(),
+            Reject::VersionNotSupported
+        );
     }
 
     #[test]
@@ -541,7 +560,13 @@ mod tests {
 
     #[test]
     fn bad_chunks() {
-        for input in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"5\nhello\r\n", b"-1\r\n"] {
+        for input in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello\r\n",
+            b"-1\r\n",
+            b"\r\nhello",
+        ] {
             let mut d = ChunkedDecoder::default();
             assert!(
                 matches!(
