@@ -489,7 +489,14 @@ impl Conn {
     /// Abort the connection: the request in flight (if any) is aborted and
     /// the client sees a reset, never a falsely complete response.
     pub fn abort(self: &Arc<Self>, py: Python<'_>) {
-        let req = lock(&self.st).request.take();
+        let req = {
+            let mut st = lock(&self.st);
+            // What the application already produced goes out first (as far
+            // as the socket takes it now): the client sees the response
+            // truncated after it, then the reset.
+            let _ = st.out.flush(py, self.fd.as_raw_fd());
+            st.request.take()
+        };
         if let Some(req) = req {
             respond::abort(py, req.bind(py), false);
         }

@@ -126,6 +126,10 @@ impl Request {
     }
 }
 
+fn is_latin1(s: &str) -> bool {
+    s.chars().all(|c| (c as u32) < 256)
+}
+
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
@@ -202,7 +206,11 @@ impl Request {
                 "invalid status {status:?}: expected e.g. '200 OK'"
             )));
         };
-        if status.len() < 5 || status.as_bytes()[3] != b' ' || status.contains(['\r', '\n']) {
+        if status.len() < 5
+            || status.as_bytes()[3] != b' '
+            || status.contains(['\r', '\n'])
+            || !is_latin1(&status)
+        {
             return Err(PyValueError::new_err(format!(
                 "invalid status {status:?}: expected e.g. '200 OK'"
             )));
@@ -233,6 +241,11 @@ impl Request {
             if !valid_token(&name) {
                 return Err(PyValueError::new_err(format!(
                     "invalid header name {name:?}"
+                )));
+            }
+            if !is_latin1(&name) || !is_latin1(&value) {
+                return Err(PyValueError::new_err(format!(
+                    "header {name}: {value:?} is not latin-1 (PEP 3333 headers are native strings)"
                 )));
             }
             if value.contains(['\r', '\n', '\0']) {

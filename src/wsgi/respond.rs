@@ -265,6 +265,8 @@ fn send_headers_at(
     };
     let no_keepalive = lock(&conn.st).no_keepalive;
     let mut keep_alive = r.keep_alive && !r.app_close && !no_keepalive;
+    // Status and header values are latin-1 (checked by start_response);
+    // they are written one byte per character.
     let mut head = String::with_capacity(256);
     head.push_str("HTTP/1.1 ");
     head.push_str(&status);
@@ -303,7 +305,12 @@ fn send_headers_at(
     r.keep_alive = keep_alive;
     r.headers_sent = true;
     drop(r);
-    conn.push_owned(head.as_bytes());
+    let bytes: Vec<u8> = if head.is_ascii() {
+        head.into_bytes()
+    } else {
+        head.chars().map(|c| c as u32 as u8).collect()
+    };
+    conn.push_owned(&bytes);
     Ok(())
 }
 
@@ -350,6 +357,8 @@ fn send_file(
             Some(cl) => cl.min(remaining),
             None => {
                 r.content_length = Some(remaining);
+                r.headers
+                    .push(("Content-Length".to_owned(), remaining.to_string()));
                 remaining
             }
         }
@@ -470,7 +479,12 @@ fn report(py: Python<'_>, shared: &Shared, req: &Bound<'_, Request>, err: &PyErr
     };
     let text = py
         .import("traceback")
-        .and_then(|tb| tb.call_method1("format_exception", (err.value(py),)))
+        .and_then(|tb| {
+            tb.call_method1(
+                "format_exception",
+                (err.get_type(py), err.value(py), err.traceback(py)),
+            )
+        })
         .and_then(|lines| lines.extract::<Vec<String>>())
         .map(|lines| lines.concat())
         .unwrap_or_else(|_| format!("{err}\n"));
