@@ -30,8 +30,7 @@ build: $(VENV)/.deps
 
 run: build
 	@echo "Serving examples/hello.py on http://$(HOST):$(PORT)/ (reactor: rust)"
-	$(BIN)/twist --reactor=rust web --wsgi examples.hello.application \
-		--listen tcp:$(PORT):interface=$(HOST)
+	$(BIN)/twisted-shim serve examples.hello:application --bind $(HOST):$(PORT)
 
 test: build test-rust test-python conformance
 

@@ -48,6 +48,7 @@ class ServerConfig:
         request's duration) per response, or C{None}.
     @ivar url_scheme: C{wsgi.url_scheme}.
     @ivar multithread: C{wsgi.multithread} (C{True} in thread-pool mode).
+    @ivar multiprocess: C{wsgi.multiprocess} (C{True} with several workers).
     @ivar pause_keys: Whether environ gets the pause_output keys (C{False}
         in thread-pool mode, where a thread may simply block).
     """
@@ -61,6 +62,7 @@ class ServerConfig:
     access_log: Callable[[str], None] | None = None
     url_scheme: str = "http"
     multithread: bool = False
+    multiprocess: bool = False
     pause_keys: bool = True
 
 
@@ -104,6 +106,7 @@ class WSGIServer:
             access_log=c.access_log,
             url_scheme=c.url_scheme,
             multithread=c.multithread,
+            multiprocess=c.multiprocess,
             pause_keys=c.pause_keys,
             errors=ErrorStream(),
             waiter=Waiter,
@@ -140,6 +143,15 @@ class WSGIServer:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+
+    def abort(self) -> int:
+        """
+        Stop accepting and abort every connection now (requests in flight
+        are cut off: their iterables are closed, clients see a reset).
+        Returns how many connections there were.
+        """
+        self.stop_accepting()
+        return self._core.abort_all()
 
     def shutdown(self, grace: float = 30.0) -> Deferred[None]:
         """

@@ -1,0 +1,570 @@
+"""
+Tests for the command line, C{twisted-shim serve} (L{twisted_shim.cli}):
+startup errors, listeners, the reactor the application sees, pre-forked
+workers and their replacement, and graceful shutdown on SIGTERM and SIGINT.
+
+Each test runs C{python -m twisted_shim serve} in a subprocess (its own
+process group, killed after the test) and talks to it over real sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    ROOT,
+    TIMEOUT,
+    Hammer,
+    InFlight,
+    Servers,
+    alive,
+    command,
+    get,
+    get_json,
+    servers,
+    wait_until,
+    write_app,
+)
+
+EADDRINUSE = f"[Errno {errno.EADDRINUSE}] {os.strerror(errno.EADDRINUSE)}"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Servers]:
+    with servers(tmp_path) as s:
+        yield s
+
+
+def run(
+    args: list[str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{python -m twisted_shim serve ARGS} to completion (in its own
+    process group, all killed if it outlives C{timeout}).
+    """
+    argv = command(*args)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def assert_one_error_line(
+    result: subprocess.CompletedProcess[str], expected: str | re.Pattern[str]
+) -> None:
+    """Exit status 1, and stderr is exactly one C{twisted-shim: error:} line."""
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.endswith("\n")
+    if isinstance(expected, re.Pattern):
+        assert expected.fullmatch(lines[0]), lines[0]
+    else:
+        assert lines[0] == f"twisted-shim: error: {expected}"
+
+
+def pids_seen(port: int, want: int, attempts: int = 400) -> set[int]:
+    """Ask C{/pid} on new connections until C{want} pids answered."""
+    pids: set[int] = set()
+    for _ in range(attempts):
+        status, body = get(port, "/pid")
+        assert status == 200
+        pids.add(int(body))
+        if len(pids) >= want:
+            break
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# Startup errors
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "app, expected",
+    [
+        (
+            "no_such_module_xyz:app",
+            "cannot import 'no_such_module_xyz:app': ModuleNotFoundError: No module named 'no_such_module_xyz'",
+        ),
+        (
+            "cliapp:missing",
+            "cannot import 'cliapp:missing': AttributeError: module 'cliapp' has no attribute 'missing'",
+        ),
+        (
+            "cliapp:NOT_CALLABLE",
+            "'cliapp:NOT_CALLABLE' is not a WSGI application: int object is not callable",
+        ),
+        (
+            "broken:application",
+            "cannot import 'broken:application': ZeroDivisionError: division by zero",
+        ),
+    ],
+)
+def test_application_errors(
+    tmp_path: Path, workers: str, app: str, expected: str
+) -> None:
+    """
+    An application that cannot be imported, is missing or is not callable
+    is one error line and exit status 1, in a worker too (reported once).
+    """
+    write_app(tmp_path)
+    (tmp_path / "broken.py").write_text("x = 1 / 0\n")
+    result = run([app, "--bind", "127.0.0.1:0", "--workers", workers], tmp_path)
+    assert_one_error_line(result, expected)
+
+
+@pytest.mark.parametrize(
+    "bind, expected",
+    [
+        (
+            "127.0.0.1",
+            "malformed address '127.0.0.1': expected HOST:PORT, or [IPV6]:PORT",
+        ),
+        (
+            "127.0.0.1:http",
+            "malformed address '127.0.0.1:http': the port must be 0-65535",
+        ),
+        (
+            "127.0.0.1:70000",
+            "malformed address '127.0.0.1:70000': the port must be 0-65535",
+        ),
+        (
+            ":8000",
+            "malformed address ':8000': the host is missing (expected HOST:PORT, or [IPV6]:PORT)",
+        ),
+        (
+            "::1:8000",
+            "malformed address '::1:8000': put an IPv6 address in brackets, as [::1]:8000",
+        ),
+        (
+            "[::1:8000",
+            "malformed address '[::1:8000': expected HOST:PORT, or [IPV6]:PORT",
+        ),
+    ],
+)
+def test_malformed_bind(tmp_path: Path, bind: str, expected: str) -> None:
+    write_app(tmp_path)
+    result = run(["cliapp:application", "--bind", bind], tmp_path)
+    assert_one_error_line(result, f"argument --bind: {expected}")
+
+
+def test_usage_error(tmp_path: Path) -> None:
+    result = run(["cliapp:application", "--workers", "0"], tmp_path)
+    assert_one_error_line(result, "argument --workers: '0' is not a positive integer")
+    result = run([], tmp_path)
+    assert_one_error_line(result, "the following arguments are required: MODULE:APP")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "reuseport"])
+def test_port_in_use(tmp_path: Path, workers: str, reuse_port: bool) -> None:
+    """
+    A port another program listens on is reported, also when that program
+    uses SO_REUSEPORT (the workers' probe binds without it).
+    """
+    write_app(tmp_path)
+    with socket.socket() as other:
+        if reuse_port:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = run(
+            ["cliapp:application", "--bind", f"127.0.0.1:{port}", "--workers", workers],
+            tmp_path,
+        )
+    assert_one_error_line(result, f"cannot listen on 127.0.0.1:{port}: {EADDRINUSE}")
+
+
+def test_unix_socket_in_use(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    path = str(tmp_path / "live.sock")
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        other.listen()
+        result = run(["cliapp:application", "--uds", path], tmp_path)
+    assert_one_error_line(
+        result, f"cannot listen on unix:{path}: another server is listening there"
+    )
+
+
+# Listening and serving
+
+
+def test_bind_port_zero(serve: Servers) -> None:
+    """Port 0: the listening line has the real port, which serves."""
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0")
+    assert server.listeners == [f"http://127.0.0.1:{server.port}"]
+    assert server.port != 0
+    assert server.ready_match is not None
+    assert server.ready_match.groups() == (str(server.pid), "1", "0")
+    assert get(server.port, "/pid") == (200, str(server.pid).encode())
+    lines = server.stderr.splitlines()
+    assert lines == [
+        f"twisted-shim: listening on http://127.0.0.1:{server.port}",
+        f"twisted-shim: ready (pid {server.pid}, workers 1, threads 0)",
+    ]
+
+
+def test_default_bind(tmp_path: Path) -> None:
+    """Without --bind or --uds it listens on 127.0.0.1:8000."""
+    write_app(tmp_path)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", 8000))
+        except OSError:
+            pytest.skip("port 8000 is in use")
+    with servers(tmp_path) as serve:
+        server = serve("cliapp:application")
+        assert server.listeners == ["http://127.0.0.1:8000"]
+        assert get(8000, "/pid") == (200, str(server.pid).encode())
+
+
+def test_two_binds(serve: Servers) -> None:
+    binds = ["--bind", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
+    if has_ipv6():
+        binds += ["--bind", "[::1]:0"]
+    server = serve("cliapp:application", *binds)
+    assert len(server.listeners) == len(binds) // 2
+    assert len(set(server.listeners)) == len(server.listeners)
+    if has_ipv6():
+        assert re.fullmatch(r"http://\[::1\]:\d+", server.listeners[2])
+    for target in server.listeners:
+        assert get(target, "/pid") == (200, str(server.pid).encode())
+
+
+def test_unix_socket(serve: Servers, tmp_path: Path) -> None:
+    """--uds serves; a stale socket file is replaced; the file is removed at exit."""
+    path = str(tmp_path / "app.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # leaves the file, with no one listening
+    server = serve("cliapp:application", "--uds", path, "--bind", "127.0.0.1:0")
+    assert server.listeners == [f"http://127.0.0.1:{server.port}", f"unix:{path}"]
+    assert get(f"unix:{path}", "/pid") == (200, str(server.pid).encode())
+    assert get(f"unix:{path}", "/echo", body=b"over a unix socket") == (
+        200,
+        b"over a unix socket",
+    )
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not os.path.exists(path)
+
+
+def test_console_script(serve: Servers) -> None:
+    """
+    The C{twisted-shim} script ([project.scripts]) runs the same CLI. Until
+    the package is reinstalled the script may be missing: then its entry
+    point is called as the script would call it.
+    """
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts == {"twisted-shim": "twisted_shim.cli:main"}
+    script = Path(sys.executable).parent / "twisted-shim"
+    if script.exists():
+        argv = [str(script)]
+    else:
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from twisted_shim.cli import main; sys.exit(main())",
+        ]
+    server = serve(argv=[*argv, "serve", "cliapp:application", "--bind", "127.0.0.1:0"])
+    assert get(server.port, "/pid") == (200, str(server.pid).encode())
+
+
+def test_help(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_shim", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0
+    for option in [
+        "--bind",
+        "--uds",
+        "--workers",
+        "--threads",
+        "--access-log",
+        "--max-header",
+        "--max-body",
+        "--header-timeout",
+        "--keepalive-timeout",
+        "--max-pause",
+        "--grace",
+        "--backlog",
+    ]:
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_app_sees_our_reactor(serve: Servers, workers: str) -> None:
+    """
+    The reactor is installed before the application is imported: its
+    module-level C{from twisted.internet import reactor} gets ours.
+    """
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", workers)
+    assert get(server.port, "/reactor") == (200, b"twisted_shim.reactor.RustReactor")
+
+
+def test_access_log(serve: Servers) -> None:
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--access-log")
+    for _ in range(3):
+        assert get(server.port, "/pid")[0] == 200
+    assert get(server.port, "/nowhere")[0] == 404
+    server.wait_for_line(r"GET /nowhere HTTP/1\.1\" 404", stream="stdout")
+    assert sum("GET /pid" in line for line in server.stdout_lines) == 3
+
+
+def test_environ_single_process(serve: Servers) -> None:
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0")
+    env = get_json(server.port, "/env")
+    assert env["multithread"] is False
+    assert env["multiprocess"] is False
+    assert env["main"] is True
+    assert env["present"] == [
+        "wsgi.pause_output",
+        "x-wsgiorg.pause_output",
+        "x-wsgiorg.flush",
+        "twisted_shim.wait",
+    ]
+
+
+# Workers
+
+
+def test_workers_serve_from_two_processes(serve: Servers) -> None:
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "2")
+    assert server.ready_match is not None
+    assert server.ready_match.groups() == (str(server.pid), "2", "0")
+    # The supervisor announces once; the workers print nothing of the sort.
+    assert server.listeners == [f"http://127.0.0.1:{server.port}"]
+    assert sum("listening on" in line for line in server.stderr_lines) == 1
+    pids = pids_seen(server.port, 2)
+    assert len(pids) == 2, pids
+    assert server.pid not in pids
+    env = get_json(server.port, "/env")
+    assert env["multiprocess"] is True
+    assert env["present"] == [
+        "wsgi.pause_output",
+        "x-wsgiorg.pause_output",
+        "x-wsgiorg.flush",
+        "twisted_shim.wait",
+    ]
+
+
+def test_workers_unix_socket(serve: Servers, tmp_path: Path) -> None:
+    """The workers share the supervisor's UNIX socket."""
+    path = str(tmp_path / "w.sock")
+    server = serve("cliapp:application", "--uds", path, "--workers", "2")
+    assert server.listeners == [f"unix:{path}"]
+    pids: set[int] = set()
+    for _ in range(400):
+        status, body = get(f"unix:{path}", "/pid")
+        assert status == 200
+        pids.add(int(body))
+        if len(pids) == 2:
+            break
+    # Which worker accepts is up to the kernel: one may take them all.
+    assert pids and server.pid not in pids
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not os.path.exists(path)
+
+
+def test_dead_worker_is_replaced(serve: Servers) -> None:
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "2")
+    pids = pids_seen(server.port, 2)
+    assert len(pids) == 2
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    m = server.wait_for_line(
+        rf"^twisted-shim: worker {victim} exited \(killed by SIGKILL\); started worker (\d+)$"
+    )
+    new = int(m.group(1))
+    assert new not in pids
+
+    def new_worker_serves() -> bool:
+        try:
+            status, body = get(server.port, "/pid", timeout=2)
+        except OSError:
+            return False
+        return status == 200 and int(body) == new
+
+    assert wait_until(new_worker_serves, timeout=20, interval=0)
+    assert not alive(victim)
+    assert server.proc.poll() is None
+
+
+def test_supervisor_killed_takes_workers_down(serve: Servers) -> None:
+    """Workers do not outlive a supervisor killed with SIGKILL."""
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "2")
+    pids = pids_seen(server.port, 2)
+    server.signal(signal.SIGKILL)
+    server.wait()
+    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=TIMEOUT)
+
+
+# Graceful shutdown
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
+)
+def test_graceful_shutdown(
+    serve: Servers, workers: str, signum: signal.Signals
+) -> None:
+    """
+    On SIGTERM or SIGINT every request in flight (paused, 0.2 s) gets its
+    whole 200 response, then the process exits 0; requests made during the
+    shutdown are either served completely or not accepted, never cut.
+    """
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", workers)
+    worker_pids = pids_seen(server.port, int(workers)) if workers != "1" else set()
+    hammer = Hammer(server.port, "/slow?0.05", 10)
+    time.sleep(0.3)
+    in_flight = InFlight(server.port, "/slow", 50)
+    in_flight.wait_sent()
+    time.sleep(0.05)
+    if signum == signal.SIGINT and workers != "1":
+        os.killpg(server.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
+    else:
+        server.signal(signum)
+    results = in_flight.join()
+    assert server.wait() == 0, server.stderr
+    counts = hammer.stop()
+    assert len(results) == 50
+    bad = [
+        r
+        for r in results
+        if r[0] != "ok" or r[1][0] != 200 or not r[1][1].startswith(b"slow ")
+    ]
+    assert not bad, bad[:5]
+    assert counts["broken"] == 0, hammer.broken[:5]
+    assert counts["ok"] > 0, counts
+    name = signal.Signals(signum).name
+    assert f"twisted-shim: {name}: shutting down" in server.stderr
+    assert "Traceback" not in server.stderr
+    assert "again" not in server.stderr  # no second signal seen
+    for pid in worker_pids:
+        assert not alive(pid)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_grace_period_is_bounded(serve: Servers, workers: str) -> None:
+    """Requests still paused when --grace runs out are aborted; exit 0."""
+    server = serve(
+        "cliapp:application",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        workers,
+        "--grace",
+        "0.5",
+    )
+    in_flight = InFlight(server.port, "/slow?30", 5)
+    in_flight.wait_sent()
+    time.sleep(0.2)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    results = in_flight.join()
+    assert all(kind == "error" for kind, _ in results), results
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_second_signal_forces(serve: Servers, workers: str) -> None:
+    server = serve(
+        "cliapp:application",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        workers,
+        "--grace",
+        "60",
+    )
+    in_flight = InFlight(server.port, "/slow?30", 3)
+    in_flight.wait_sent()
+    time.sleep(0.2)
+    server.signal(signal.SIGTERM)
+    server.wait_for_line("shutting down")
+    time.sleep(0.2)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert "SIGTERM again" in server.stderr
+    in_flight.join()
+
+
+def test_signal_during_startup(tmp_path: Path) -> None:
+    """SIGTERM before the workers are ready stops everything."""
+    write_app(tmp_path)
+    (tmp_path / "slowimport.py").write_text(
+        "import time\ntime.sleep(30)\ndef application(e, s): pass\n"
+    )
+    with servers(tmp_path) as serve:
+        server = serve(
+            "slowimport:application",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            ready=False,
+        )
+        time.sleep(1.0)
+        children = [
+            int(p)
+            for p in Path(f"/proc/{server.pid}/task/{server.pid}/children")
+            .read_text()
+            .split()
+        ]
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+        assert wait_until(lambda: not any(alive(p) for p in children))
