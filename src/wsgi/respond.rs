@@ -508,9 +508,20 @@ pub fn abort(py: Python<'_>, req: &Bound<'_, Request>, disconnected: bool) {
             return;
         }
         r.finished = true;
+        if !r.headers_sent {
+            // As nginx logs it: the client closed before a response began.
+            r.status_code = if disconnected { 499 } else { 503 };
+        }
     }
     end_pause(py, req, true);
     close_iterable(py, req);
+    let (conn, shared) = {
+        let r = req.borrow();
+        (r.conn.upgrade(), r.shared.upgrade())
+    };
+    if let (Some(conn), Some(shared)) = (conn, shared) {
+        access_log(py, &conn, &shared, req);
+    }
 }
 
 fn end_pause(py: Python<'_>, req: &Bound<'_, Request>, interrupted: bool) {
