@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all venv build run test test-rust test-python conformance conformance-full bench lint fmt clean
+.PHONY: all venv build run test test-rust test-python services conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
 
 all: build
 
@@ -37,7 +37,12 @@ test: build test-rust test-python conformance
 test-rust: $(VENV)/.deps
 	PYO3_PYTHON=$(abspath $(BIN)/python) cargo test --quiet
 
-test-python: build
+# PostgreSQL and redis-server binaries for the integration tests (apt-get if
+# missing; system services left stopped). The tests start their own servers.
+services:
+	bash scripts/services.sh
+
+test-python: build services
 	$(BIN)/python -m pytest -q tests
 
 # Twisted's ReactorBuilder suites, on rust and epoll side by side.
@@ -48,8 +53,16 @@ conformance: build
 conformance-full: build
 	$(BIN)/python -m conformance.run_full
 
+# The suites treq, twisted.web, twisted.names, txpostgres and test_adbapi ship.
+conformance-peers: build services
+	$(BIN)/python -m conformance.run_peers
+
 bench: build
 	$(BIN)/python benchmarks/reactor_bench.py
+
+# WSGI servers side by side (installs the peers into .venv-bench).
+bench-wsgi: build
+	$(BIN)/python benchmarks/wsgi_bench.py --setup
 
 lint: $(VENV)/.deps
 	cargo fmt --check
