@@ -1,0 +1,216 @@
+"""
+The WSGI applications that C{benchmarks/wsgi_bench.py} serves with every
+server. One module, imported by every server as C{wsgi_apps:NAME}; it needs
+only the standard library, except on twisted-shim's pause path, which imports
+Twisted (present wherever twisted-shim runs).
+
+C{hello}
+    C{200 OK}, C{Content-Type: text/plain}, C{Content-Length: 13}, body
+    C{b"Hello, world!"}.
+C{big}
+    C{200 OK}, a 64 KiB (65,536-byte) body with its C{Content-Length}, one
+    C{bytes} object built once at import.
+C{echo}
+    Reads C{CONTENT_LENGTH} bytes of C{wsgi.input} and sends them back with
+    the same C{Content-Length} (the benchmark POSTs 10 KiB).
+C{upstream}
+    Each request makes one HTTP GET to a local "upstream" server (its URL in
+    the environment variable C{WSGI_BENCH_UPSTREAM}) that answers after
+    50 ms, and returns C{b"upstream: "} plus the upstream's body.
+    - Where C{environ} has C{twisted_shim.wait} (twisted-shim on the reactor
+      thread), the GET is made with treq (C{treq.client.HTTPClient}; a bare
+      Twisted C{Agent} if treq is not installed, or if the environment
+      variable C{WSGI_BENCH_CLIENT} is C{agent}) on a persistent
+      C{HTTPConnectionPool}, and the request pauses its output until the
+      Deferred fires: no thread waits.
+    - Everywhere else (the thread- or process-based servers, twisted-shim's
+      thread-pool mode), the calling thread blocks in an C{http.client} GET
+      on a persistent connection of its own (one per thread, reused), as an
+      application using a requests.Session per thread would.
+C{sleep}
+    The same 50 ms wait without an upstream: C{twisted_shim.wait} on a
+    C{deferLater(reactor, 0.05, ...)} on twisted-shim, C{time.sleep(0.05)}
+    elsewhere. Not in the default set of C{wsgi_bench.py}.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+HELLO = b"Hello, world!"
+BIG = bytes(range(256)) * 256  # 64 KiB
+ECHO_MAX = 1024 * 1024
+UPSTREAM_DELAY = 0.05
+UPSTREAM_ENV = "WSGI_BENCH_UPSTREAM"
+UPSTREAM_TIMEOUT = 30.0
+# WSGI_BENCH_CLIENT=agent: use the bare Agent even when treq is installed.
+CLIENT_ENV = "WSGI_BENCH_CLIENT"
+
+assert len(HELLO) == 13 and len(BIG) == 64 * 1024
+
+
+def _ok(start_response: StartResponse, body: bytes) -> list[bytes]:
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def hello(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    return _ok(start_response, HELLO)
+
+
+def big(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    return _ok(start_response, BIG)
+
+
+def echo(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length < 0 or length > ECHO_MAX:
+        start_response("413 Payload Too Large", [("Content-Length", "0")])
+        return [b""]
+    body = environ["wsgi.input"].read(length) if length else b""
+    return _ok(start_response, body)
+
+
+# --------------------------------------------------------------------------
+# upstream: the blocking path
+
+
+def _upstream_url() -> tuple[str, int, str]:
+    url = os.environ.get(UPSTREAM_ENV)
+    if not url:
+        raise RuntimeError(f"{UPSTREAM_ENV} is not set")
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+
+
+_local = threading.local()
+
+
+def _blocking_get() -> bytes:
+    """GET the upstream on this thread's persistent connection."""
+    host, port, path = _upstream_url()
+    for attempt in (1, 2):
+        conn = getattr(_local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(host, port, timeout=UPSTREAM_TIMEOUT)
+            _local.conn = conn
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"upstream answered {resp.status}")
+            if resp.will_close:
+                conn.close()
+                _local.conn = None
+            return body
+        except (http.client.HTTPException, OSError):
+            # A kept-alive connection the upstream closed: retry once anew.
+            conn.close()
+            _local.conn = None
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------
+# upstream: the paused path (twisted-shim on the reactor thread)
+
+_clients: dict[int, Any] = {}
+
+
+def _client(reactor: Any) -> Any:
+    """
+    One HTTP client per reactor, on a persistent pool that keeps every
+    connection the 500 concurrent requests opened (Twisted's default keeps
+    2 per host, treq's global pool too, so the others would be reopened for
+    each request): a C{treq.client.HTTPClient} when treq is installed, else
+    a bare C{Agent}.
+    """
+    client = _clients.get(id(reactor))
+    if client is None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 2048
+        agent = Agent(reactor, pool=pool)
+        try:
+            from treq.client import HTTPClient
+        except ImportError:
+            client = agent
+        else:
+            use_agent = os.environ.get(CLIENT_ENV) == "agent"
+            client = agent if use_agent else HTTPClient(agent)
+        _clients[id(reactor)] = client
+    return client
+
+
+def _paused_get(environ: Environ) -> Any:
+    host, port, path = _upstream_url()
+    url = f"http://{host}:{port}{path}"
+    client = _client(environ["twisted_shim.reactor"])
+    if hasattr(client, "get"):  # treq
+        from treq import content as read_body
+
+        d = client.get(url)
+    else:
+        from twisted.web.client import readBody as read_body
+
+        d = client.request(b"GET", url.encode())
+
+    def body(response: Any) -> Any:
+        if response.code != 200:
+            raise RuntimeError(f"upstream answered {response.code}")
+        return read_body(response)
+
+    d.addCallback(body)
+    return environ["twisted_shim.wait"](d, timeout=UPSTREAM_TIMEOUT)
+
+
+def _respond_after(
+    waiter: Any, start_response: StartResponse, prefix: bytes
+) -> Iterator[bytes]:
+    yield b""  # paused here until the Deferred fires
+    body = prefix + waiter.result()
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+    )
+    yield body
+
+
+def upstream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    if "twisted_shim.wait" in environ:
+        return _respond_after(_paused_get(environ), start_response, b"upstream: ")
+    return _ok(start_response, b"upstream: " + _blocking_get())
+
+
+def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    if "twisted_shim.wait" in environ:
+        from twisted.internet.task import deferLater
+
+        reactor = environ["twisted_shim.reactor"]
+        waiter = environ["twisted_shim.wait"](
+            deferLater(reactor, UPSTREAM_DELAY, lambda: b"ok")
+        )
+        return _respond_after(waiter, start_response, b"slept: ")
+    time.sleep(UPSTREAM_DELAY)
+    return _ok(start_response, b"slept: ok")
+
+
+APPS = ("hello", "big", "echo", "upstream", "sleep")
