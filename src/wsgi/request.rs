@@ -521,6 +521,8 @@ impl Resume {
         self.cancel_timer(py);
         if interrupted && (prev == ARMED || prev == PAUSED) {
             self.run_interrupts(py);
+        } else {
+            lock(&self.interrupts).clear();
         }
     }
 
@@ -543,6 +545,11 @@ impl Resume {
             None => Ok(false),
             Some(prev) => {
                 self.cancel_timer(py);
+                // The interrupt callbacks (a Waiter's) only matter if the
+                // pause ends without a resume; dropping them now also breaks
+                // the Resume -> Waiter -> Resume cycle, so a request's objects
+                // are freed by reference counting, not by the collector.
+                lock(&self.interrupts).clear();
                 if prev == PAUSED {
                     self.schedule(py)?;
                 }

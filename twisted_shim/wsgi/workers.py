@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib
+import gc
 import os
 import select
 import signal
@@ -440,6 +441,11 @@ class _Runner:
     def run(self) -> int:
         if self._pool is not None:
             self._pool.start()
+        # Everything imported so far (Twisted, the application) lives as long
+        # as the process: move it out of the collector's view, so the full
+        # collections that request garbage triggers do not scan it each time
+        # (they showed up as ~30 ms stalls in p99 latency).
+        gc.freeze()
         self._reactor.run()
         if self._pool is not None:
             from twisted_shim.wsgi.threaded import stop_thread_pool
