@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import importlib
 import gc
+import importlib
 import os
 import select
 import signal
