@@ -69,10 +69,12 @@ _PG_KEY = pytest.StashKey[PostgreSQLExecutor]()
 _REDIS_KEY = pytest.StashKey[RedisExecutor]()
 
 
-def _skip_missing(what: str) -> NoReturn:
-    pytest.skip(
+def _missing(what: str) -> NoReturn:
+    # A failure, not a skip: a run without the services must not look green.
+    pytest.fail(
         f"{what} not installed: run scripts/services.sh (as root, or"
-        " `apt-get install postgresql redis-server`)"
+        " `apt-get install postgresql redis-server`)",
+        pytrace=False,
     )
 
 
@@ -90,7 +92,7 @@ def _own_dir(prefix: str) -> Path:
             user = pwd.getpwnam(PG_OS_USER)
         except KeyError:
             shutil.rmtree(path)
-            _skip_missing(f"the {PG_OS_USER!r} OS user (PostgreSQL's)")
+            _missing(f"the {PG_OS_USER!r} OS user (PostgreSQL's)")
         os.chown(path, user.pw_uid, user.pw_gid)
     return path
 
@@ -99,7 +101,7 @@ def _start_postgres() -> tuple[PostgreSQLExecutor, Path]:
     if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) and not shutil.which(
         "pg_ctl"
     ):
-        _skip_missing("PostgreSQL (pg_ctl under /usr/lib/postgresql/*/bin or on PATH)")
+        _missing("PostgreSQL (pg_ctl under /usr/lib/postgresql/*/bin or on PATH)")
     base = _own_dir("twisted-shim-pg-")
     executor = PostgreSQLExecutor(
         executable=str(PG_CTL),
@@ -159,7 +161,7 @@ pg_db = pg_factories.postgresql("pg_server")
 def _start_redis() -> tuple[RedisExecutor, Path]:
     executable = shutil.which("redis-server")
     if executable is None:
-        _skip_missing("redis-server")
+        _missing("redis-server")
     base = Path(tempfile.mkdtemp(prefix="twisted-shim-redis-"))
     executor = RedisExecutor(
         executable=executable,
