@@ -129,12 +129,13 @@ def _start_postgres() -> tuple[PostgreSQLExecutor, Path]:
             password=executor.password,
         ).init()
     except BaseException:
-        _stop_postgres(executor, base)
+        _stop(executor, base)
         raise
     return executor, base
 
 
-def _stop_postgres(executor: PostgreSQLExecutor, base: Path) -> None:
+def _stop(executor: PostgreSQLExecutor | RedisExecutor, base: Path) -> None:
+    """Stop a throwaway server and remove its directory."""
     try:
         if executor.running():
             executor.stop()
@@ -150,7 +151,7 @@ def pg_server(request: pytest.FixtureRequest) -> PostgreSQLExecutor:
     if executor is None:
         executor, base = _start_postgres()
         config.stash[_PG_KEY] = executor
-        config.add_cleanup(lambda: _stop_postgres(executor, base))
+        config.add_cleanup(lambda: _stop(executor, base))
     return executor
 
 
@@ -181,12 +182,6 @@ def _start_redis() -> tuple[RedisExecutor, Path]:
     return executor, base
 
 
-def _stop_redis(executor: RedisExecutor, base: Path) -> None:
-    try:
-        if executor.running():
-            executor.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +192,7 @@ def redis_server(request: pytest.FixtureRequest) -> RedisExecutor:
     if executor is None:
         executor, base = _start_redis()
         config.stash[_REDIS_KEY] = executor
-        config.add_cleanup(lambda: _stop_redis(executor, base))
+        config.add_cleanup(lambda: _stop(executor, base))
     return executor
 
 
