@@ -747,6 +747,42 @@ def test_rule12_backpressure_bounds_what_the_host_pulls(
     sock.close()
 
 
+def test_rule12_send_timeout_cuts_off_a_client_that_reads_nothing(
+    wsgi_server: StartServer,
+) -> None:
+    """
+    Backpressure does not hold a request forever: a client that takes none
+    of a large response for --send-timeout is cut off. The iterable is closed
+    (its generator sees GeneratorExit), the client gets fewer bytes than the
+    Content-Length, and no descriptor is left behind in the server.
+    """
+    size = 32 * 1024 * 1024
+    srv = wsgi_server(
+        send_timeout=0.5, header_timeout=1.0, keepalive_timeout=1.0, high_water=65536
+    )
+    before = srv.fd_count()
+    key = unique()
+    sock = connect(srv.port, rcvbuf=16384)
+    sock.sendall(build_request("GET", f"/p/big?key={key}&size={size}&chunk=16384"))
+    deadline = time.monotonic() + 20
+    while not srv.state(key).get("closed"):
+        assert time.monotonic() < deadline, srv.state(key)
+        time.sleep(0.05)
+    received = 0
+    sock.settimeout(10)
+    try:
+        while data := sock.recv(1 << 20):
+            received += len(data)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert received < size
+    assert srv.state(key)["yielded"] < size
+    while srv.fd_count() != before:
+        assert time.monotonic() < deadline, (srv.fd_count(), before)
+        time.sleep(0.05)
+
+
 def test_rule12_pipelined_request_waits_for_the_response(server: Server) -> None:
     """A request pipelined behind a paused one is not dispatched before the
     paused response is complete; then it is, and both are answered in

@@ -1029,10 +1029,13 @@ def big(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     )
 
     def body() -> Iterator[bytes]:
-        for i, start in enumerate(range(0, size, chunk)):
-            data = bytes([i % 256]) * min(chunk, size - start)
-            rec["yielded"] += len(data)
-            yield data
+        try:
+            for i, start in enumerate(range(0, size, chunk)):
+                data = bytes([i % 256]) * min(chunk, size - start)
+                rec["yielded"] += len(data)
+                yield data
+        finally:
+            rec["closed"] = True
 
     return body()
 

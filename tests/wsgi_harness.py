@@ -3,7 +3,8 @@ Serve one WSGI application with L{twisted_shim.wsgi.WSGIServer}, for the
 host tests (C{tests/conftest.py} starts it in a subprocess):
 
     python tests/wsgi_harness.py MODULE:APP [--max-header N] [--max-body N]
-        [--header-timeout S] [--keepalive-timeout S] [--max-pause S|none]
+        [--header-timeout S] [--keepalive-timeout S] [--send-timeout S]
+        [--max-pause S|none]
         [--high-water N]
 
 It installs the Rust reactor, imports the application, binds a TCP socket on
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-body", type=int)
     p.add_argument("--header-timeout", type=float)
     p.add_argument("--keepalive-timeout", type=float)
+    p.add_argument("--send-timeout", type=float)
     p.add_argument("--max-pause", type=_max_pause, default=argparse.SUPPRESS)
     p.add_argument("--high-water", type=int)
     return p.parse_args(argv)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_body",
             "header_timeout",
             "keepalive_timeout",
+            "send_timeout",
             "high_water",
         )
         if (value := getattr(args, name)) is not None

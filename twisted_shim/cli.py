@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an idle persistent connection is kept (default 5)",
     )
     s.add_argument(
+        "--send-timeout",
+        type=_number(float, 0.001, "a positive number of seconds"),
+        default=60.0,
+        metavar="S",
+        help="seconds a client may take none of its response before it is cut off (default 60)",
+    )
+    s.add_argument(
         "--max-pause",
         type=_number(float, 0, "a non-negative number of seconds"),
         default=300.0,
@@ -196,6 +203,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
         max_body=int(args.max_body),
         header_timeout=float(args.header_timeout),
         keepalive_timeout=float(args.keepalive_timeout),
+        send_timeout=float(args.send_timeout),
         max_pause=float(args.max_pause) or None,
         grace=float(args.grace),
         backlog=int(args.backlog),

@@ -81,6 +81,8 @@ pub struct ConnState {
     /// Close once the current response is done (shutdown, `Connection: close`).
     pub no_keepalive: bool,
     pub served: u64,
+    /// When output last went out, or the queue was last empty.
+    pub last_sent: Instant,
     interest: (bool, bool),
 }
 
@@ -150,6 +152,7 @@ impl Conn {
                 input_dirty: false,
                 no_keepalive: false,
                 served: 0,
+                last_sent: Instant::now(),
                 interest: (true, false),
             }),
         })
@@ -385,7 +388,11 @@ impl Conn {
                 if st.closed {
                     return;
                 }
-                match st.out.flush(py, self.fd.as_raw_fd()) {
+                let flushed = st.out.flush(py, self.fd.as_raw_fd());
+                if st.out.take_progress() || st.out.is_empty() {
+                    st.last_sent = Instant::now();
+                }
+                match flushed {
                     Err(_) => failed = true,
                     Ok(drained) => {
                         if drained && matches!(st.phase, Phase::Closing) {
@@ -542,6 +549,7 @@ impl Conn {
             Nothing,
             Close,
             Timeout,
+            Abort,
         }
         let due = {
             let st = lock(&self.st);
@@ -553,6 +561,15 @@ impl Conn {
                     Due::Timeout
                 }
                 Phase::Lingering if age >= LINGER => Due::Close,
+                // The client takes none of its response: cut it off rather
+                // than hold the request (and its application) forever.
+                Phase::Busy | Phase::Closing
+                    if !st.out.is_empty()
+                        && now.saturating_duration_since(st.last_sent)
+                            >= shared.cfg.send_timeout =>
+                {
+                    Due::Abort
+                }
                 Phase::Closing if age >= shared.cfg.keepalive_timeout.max(LINGER) * 6 => {
                     // The client does not read its last response.
                     Due::Close
@@ -563,6 +580,7 @@ impl Conn {
         match due {
             Due::Nothing => {}
             Due::Close => self.close(py, false),
+            Due::Abort => self.abort(py),
             Due::Timeout => {
                 self.reject(&Reject::Timeout);
                 self.settle(py);

@@ -30,6 +30,8 @@ pub struct Config {
     pub max_body: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// A response whose client takes nothing for this long is aborted.
+    pub send_timeout: Duration,
     pub max_pause: Option<f64>,
     pub high_water: usize,
     pub url_scheme: String,
@@ -274,6 +276,7 @@ impl HttpServer {
     #[new]
     #[pyo3(signature = (
         loop_, app, reactor, *, max_header, max_body, header_timeout, keepalive_timeout,
+        send_timeout,
         max_pause, high_water, access_log, url_scheme, multithread, pause_keys, errors, waiter,
         multiprocess=false
     ))]
@@ -286,6 +289,7 @@ impl HttpServer {
         max_body: usize,
         header_timeout: f64,
         keepalive_timeout: f64,
+        send_timeout: f64,
         max_pause: Option<f64>,
         high_water: usize,
         access_log: Option<Py<PyAny>>,
@@ -318,6 +322,7 @@ impl HttpServer {
                     max_body,
                     header_timeout: duration(header_timeout, "header_timeout")?,
                     keepalive_timeout: duration(keepalive_timeout, "keepalive_timeout")?,
+                    send_timeout: duration(send_timeout, "send_timeout")?,
                     max_pause,
                     high_water: high_water.max(1),
                     url_scheme,

@@ -33,6 +33,8 @@ pub enum Chunk {
 pub struct WriteQueue {
     chunks: VecDeque<Chunk>,
     pub bytes: usize,
+    /// Bytes written since the owner last looked (see `take_progress`).
+    progress: usize,
 }
 
 impl WriteQueue {
@@ -83,6 +85,11 @@ impl WriteQueue {
         self.bytes = 0;
     }
 
+    /// Whether any byte went out since the last call.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress) > 0
+    }
+
     /// Write as much as the socket takes. Returns whether everything went.
     pub fn flush(&mut self, py: Python<'_>, sock: RawFd) -> io::Result<bool> {
         loop {
@@ -117,6 +124,7 @@ impl WriteQueue {
                     *offset = off;
                     *remaining -= n as u64;
                     self.bytes -= n as usize;
+                    self.progress += n as usize;
                     if *remaining == 0 {
                         self.chunks.pop_front();
                     }
@@ -157,6 +165,7 @@ impl WriteQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
+        self.progress += n;
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 return;

@@ -40,6 +40,8 @@ class ServerConfig:
     @ivar header_timeout: Seconds a client may take to send a request head
         once it started one (or connected); then 408 and close.
     @ivar keepalive_timeout: Seconds an idle persistent connection is kept.
+    @ivar send_timeout: Seconds a client may take none of its response
+        before the connection is aborted (the request's iterable is closed).
     @ivar max_pause: Server-wide cap, in seconds, on one pause of a request's
         output (C{None}: no cap); a per-call C{timeout} is capped by it.
     @ivar high_water: Bytes queued for a connection above which the host
@@ -57,6 +59,7 @@ class ServerConfig:
     max_body: int = 16 * 1024 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
+    send_timeout: float = 60.0
     max_pause: float | None = 300.0
     high_water: int = 256 * 1024
     access_log: Callable[[str], None] | None = None
@@ -101,6 +104,7 @@ class WSGIServer:
             max_body=c.max_body,
             header_timeout=c.header_timeout,
             keepalive_timeout=c.keepalive_timeout,
+            send_timeout=c.send_timeout,
             max_pause=c.max_pause,
             high_water=c.high_water,
             access_log=c.access_log,

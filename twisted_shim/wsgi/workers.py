@@ -113,6 +113,7 @@ class ServeOptions:
     max_body: int = 16 * 1024 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
+    send_timeout: float = 60.0
     max_pause: float | None = 300.0
     grace: float = 30.0
     backlog: int = 1024
@@ -421,6 +422,7 @@ class _Runner:
             max_body=options.max_body,
             header_timeout=options.header_timeout,
             keepalive_timeout=options.keepalive_timeout,
+            send_timeout=options.send_timeout,
             max_pause=options.max_pause,
             access_log=_access_log_writer() if options.access_log else None,
             multithread=options.threads > 0,
