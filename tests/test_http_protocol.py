@@ -846,3 +846,51 @@ def test_no_descriptor_leak_after_bad_requests(wsgi_server: StartServer) -> None
 
     assert _wait_fds(srv, baseline) <= baseline
     assert get(srv.port, "/hello").body == b"hello\n"
+
+
+def test_out_of_descriptors_does_not_spin_and_recovers(
+    wsgi_server: StartServer,
+) -> None:
+    """
+    A server that runs out of descriptors (EMFILE on accept) stops watching
+    its listening socket instead of spinning on it (it stays readable), logs
+    the condition, and accepts again once descriptors are free.
+    """
+    srv = wsgi_server(
+        nofile=64, header_timeout=30.0, keepalive_timeout=30.0, expect_errors=True
+    )
+    held: list[socket.socket] = []
+    try:
+        # More connections than the server has descriptors for; each one that
+        # is accepted is kept open by the server (idle, within its timeouts).
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            held.append(s)
+        deadline = time.monotonic() + 10
+        while srv.fd_count() < 60:
+            assert time.monotonic() < deadline, srv.fd_count()
+            time.sleep(0.05)
+        # Starved: the loop must be idle, not spinning on the listener.
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            with open(f"/proc/{srv.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        before = cpu()
+        time.sleep(1.0)
+        assert cpu() - before < 0.5, "the server spins while out of descriptors"
+    finally:
+        for s in held:
+            s.close()
+    # Descriptors free again: the server serves (the sweep resumes accepting).
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            resp = get(srv.port, "/hello")
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert resp.status == 200

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--send-timeout", type=float)
     p.add_argument("--max-pause", type=_max_pause, default=argparse.SUPPRESS)
     p.add_argument("--high-water", type=int)
+    p.add_argument(
+        "--nofile", type=int, help="lower RLIMIT_NOFILE to this (descriptor starvation)"
+    )
     return p.parse_args(argv)
 
 
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM stops the reactor (Twisted's handler); before it stops, the
     # server finishes what is in flight for a short grace period.
     reactor.addSystemEventTrigger("before", "shutdown", server.shutdown, 0.5)
+    if args.nofile is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     print(f"PORT {port}", flush=True)
     reactor.run()
     return 0
