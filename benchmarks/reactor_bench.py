@@ -96,6 +96,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from _machine import core_build, cpu_model
+
 REACTORS: tuple[str, ...] = ("rust", "epoll", "asyncio-uvloop")
 BASELINE = "epoll"
 REPEATS = 3
@@ -875,31 +877,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _core_build() -> str:
-    """The Rust extension's file hash and mtime, to tell builds apart."""
-    import hashlib
-    from importlib.util import find_spec
-
-    try:
-        spec = find_spec("twisted_shim._core")
-    except ImportError:
-        spec = None
-    if spec is None or spec.origin is None:
-        return "not found"
-    path = Path(spec.origin)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(path.stat().st_mtime))
-    return f"{path.name} sha256:{digest} built {mtime}Z"
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rows(
@@ -1010,8 +989,8 @@ def harness(args: argparse.Namespace) -> int:
     }
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": _core_build(),
-        "cpu": _cpu(),
+        "core_build": core_build(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "quick": args.quick,
@@ -1048,7 +1027,7 @@ def harness(args: argparse.Namespace) -> int:
     wall = time.monotonic() - wall_start
     meta["wall_s"] = round(wall, 1)
     meta["loadavg_end"] = os.getloadavg()[0]
-    core_now = _core_build()
+    core_now = core_build()
     if core_now.split(" built ")[0] != meta["core_build"].split(" built ")[0]:
         meta["warning"] = (
             f"the Rust extension changed during the run (now {core_now}); "

@@ -154,6 +154,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _machine import core_build, cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS_DIR = HERE / "results"
@@ -1101,13 +1103,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _core_build() -> str:
-    so = sorted((ROOT / "twisted_shim").glob("_core*.so"))
-    if not so:
-        return "not built"
-    digest = hashlib.sha256(so[0].read_bytes()).hexdigest()[:12]
-    mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(so[0].stat().st_mtime))
-    return f"{so[0].name} sha256:{digest} built {mtime}"
 
 
 def _git_head() -> str:
@@ -1115,14 +1110,6 @@ def _git_head() -> str:
     return out.splitlines()[0] if out else "?"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _fmt_rate(r: PairResult) -> str:
@@ -1353,9 +1340,9 @@ def harness(args: argparse.Namespace) -> int:
         duration_s = args.duration
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": _core_build(),
+        "core_build": core_build(),
         "git": _git_head(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "quick": args.quick,
