@@ -16,12 +16,14 @@ Exits non-zero if there is any.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from conformance.run_builders import load_expected
@@ -65,6 +67,26 @@ def count(outcomes: dict[str, str]) -> Counter[str]:
     return c
 
 
+def _keep_dev_null_mode() -> Callable[[], None]:
+    """
+    Some test in Twisted's suite, run as root, leaves /dev/null mode 0555,
+    which breaks every non-root program afterwards (PostgreSQL's initdb,
+    for one). Returns a function that puts the mode back.
+    """
+    try:
+        mode = os.stat("/dev/null").st_mode & 0o777
+    except OSError:
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError):
+            if os.stat("/dev/null").st_mode & 0o777 != mode:
+                os.chmod("/dev/null", mode)
+                print(f"(restored /dev/null's mode to {mode:o} after the suite)")
+
+    return restore
+
+
 def run(reactor: str, suite: str, jobs: int) -> tuple[dict[str, str], float, str]:
     log = ROOT / f"_trial_temp_full_{reactor}.log"
     cmd = [
@@ -81,9 +103,15 @@ def run(reactor: str, suite: str, jobs: int) -> tuple[dict[str, str], float, str
     env = dict(os.environ)
     # Twisted's tests start helper scripts (ckeygen, ...) from PATH.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    restore = _keep_dev_null_mode()
     start = time.monotonic()
-    with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        with log.open("w") as out:
+            proc = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+    finally:
+        restore()
     elapsed = time.monotonic() - start
     text = log.read_text(errors="replace")
     summary = [ln for ln in text.splitlines() if ln.startswith(("PASSED", "FAILED"))]

@@ -70,7 +70,11 @@ pub struct Registration {
     pub fd: RawFd,
     pub target: Target,
     pub reading: bool,
+    /// Twisted's view: the selectable is in `getWriters()`.
     pub writing: bool,
+    /// Whether the poller watches for writability. False for a writer that
+    /// is flushed optimistically (see [`FdSet::take_optimistic`]).
+    out_armed: bool,
     gen: u32,
     ident: Option<(u64, u64)>,
 }
@@ -89,6 +93,10 @@ pub struct FdSet {
     slab: Slab<Registration>,
     by_fd: Vec<Option<usize>>,
     gen: u32,
+    /// Poller keys of readers that became writers since the last iteration;
+    /// their `doWrite` runs before the next wait instead of after a poll
+    /// says writable (a connected socket nearly always is).
+    optimistic: Vec<usize>,
 }
 
 fn poll_key(idx: usize, gen: u32) -> usize {
@@ -219,6 +227,7 @@ impl FdSet {
             target,
             reading,
             writing,
+            out_armed: writing,
             gen,
             ident,
         });
@@ -256,6 +265,7 @@ impl FdSet {
         let reg = &mut self.slab[idx];
         reg.reading = reading;
         reg.writing = writing;
+        reg.out_armed = writing;
         Ok(())
     }
 
@@ -302,7 +312,17 @@ impl FdSet {
                     ));
                 }
                 if !already {
-                    self.modify(poller, idx, reading, writing)?;
+                    if !read && reg.reading && !reg.out_armed {
+                        // An established reader starts writing: flush it
+                        // before the next wait, without an epoll_ctl now.
+                        // Only if the flush leaves data does the poller
+                        // start watching for writability.
+                        let key = poll_key(idx, reg.gen);
+                        self.slab[idx].writing = true;
+                        self.optimistic.push(key);
+                    } else {
+                        self.modify(poller, idx, reading, writing)?;
+                    }
                 }
                 self.slab[idx].target = Target::Python(sel.clone().unbind());
                 let _ = py;
@@ -357,12 +377,43 @@ impl FdSet {
         if !was {
             return Ok(false);
         }
-        if reading || writing {
+        if !read && !reg.out_armed && reading {
+            // An optimistic writer that is done: the poller never knew.
+            self.slab[idx].writing = false;
+        } else if reading || writing {
             self.modify(poller, idx, reading, writing)?;
         } else {
             self.remove(poller, idx);
         }
         Ok(true)
+    }
+
+    pub fn has_optimistic(&self) -> bool {
+        !self.optimistic.is_empty()
+    }
+
+    /// The optimistic writers queued since the last call.
+    pub fn take_optimistic(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.optimistic)
+    }
+
+    /// After an optimistic flush: a writer that still has data to write is
+    /// now watched for writability like any other.
+    pub fn arm_if_writing(&mut self, poller: &Poller, key: usize) -> io::Result<()> {
+        let (idx, gen) = split_key(key);
+        match self.slab.get(idx) {
+            Some(r) if r.gen == gen && r.writing && !r.out_armed => {
+                let reading = r.reading;
+                self.modify(poller, idx, reading, true)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `key` still names a writer waiting for its optimistic flush.
+    pub fn is_optimistic(&self, key: usize) -> bool {
+        let (idx, gen) = split_key(key);
+        matches!(self.slab.get(idx), Some(r) if r.gen == gen && r.writing && !r.out_armed)
     }
 
     /// Python selectables watched for reading (`read`) or writing.

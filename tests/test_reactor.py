@@ -631,3 +631,51 @@ def test_sigint_without_handlers_interrupts_the_wait() -> None:
     assert result.stdout.strip() == "interrupted: Unexpected error in main loop", (
         result.stderr
     )
+
+
+class SocketWriter(Reader):
+    """A reader that also writes through FileDescriptor's buffering."""
+
+    def writeSomeData(self, data: bytes) -> int:
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
+
+def test_writer_of_a_reader_flushes_and_waits_for_writability(
+    reactor: RustReactor,
+) -> None:
+    """
+    A connected reader that writes is flushed on the next iteration (before
+    the loop waits); what the socket does not take stays queued, the
+    selectable stays in getWriters(), and is written as the peer reads —
+    the same bytes in the same order, and it leaves getWriters() when done.
+    """
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    w = SocketWriter(reactor, a)
+    w.connected = True
+    reactor.addReader(w)
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB: more than the socket takes
+    w.write(payload)
+    assert w in reactor.getWriters()
+    reactor.iterate(0)
+    assert w in reactor.getWriters(), "the socket cannot have taken 4 MiB at once"
+    got = bytearray()
+    for _ in range(10_000):
+        try:
+            got += b.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        reactor.iterate(0.01)
+        if len(got) == len(payload):
+            break
+    assert bytes(got) == payload
+    reactor.iterate(0)
+    assert w not in reactor.getWriters()
+    assert w in reactor.getReaders()
+    reactor.removeAll()
+    a.close()
+    b.close()
