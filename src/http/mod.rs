@@ -48,9 +48,21 @@ fn now_parts() -> (i64, i64) {
     (secs.div_euclid(86_400), secs.rem_euclid(86_400))
 }
 
-/// The `Date` header value for now (IMF-fixdate).
+static DATE_CACHE: std::sync::Mutex<(i64, String)> =
+    std::sync::Mutex::new((i64::MIN, String::new()));
+
+/// The `Date` header value for now (IMF-fixdate), formatted once a second.
 pub fn http_date() -> String {
     let (days, secs) = now_parts();
+    let stamp = days * 86_400 + secs;
+    let mut cache = crate::time::lock(&DATE_CACHE);
+    if cache.0 != stamp {
+        *cache = (stamp, format_http_date(days, secs));
+    }
+    cache.1.clone()
+}
+
+fn format_http_date(days: i64, secs: i64) -> String {
     let (y, m, d) = civil(days);
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
