@@ -18,7 +18,8 @@
 
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use polling::{Events, Poller};
@@ -40,6 +41,10 @@ pub const LOST_FD_SWEEP: Duration = Duration::from_secs(1);
 
 const EVENTS_CAPACITY: usize = 1024;
 
+/// Consecutive waits with events for no registration before the poller is
+/// rebuilt.
+const STALE_WAITS: usize = 3;
+
 /// A poller key and what it said.
 type Ready = (usize, Readiness);
 
@@ -52,7 +57,13 @@ pub const POLL_HUP: u32 = 0x010;
 /// The Rust event loop of one reactor.
 #[pyclass(module = "twisted_shim._core", frozen)]
 pub struct Loop {
-    poller: Poller,
+    /// The poller; replaced (see `rebuild_poller`) when entries that cannot
+    /// be deleted keep reporting events.
+    poller: RwLock<Arc<Poller>>,
+    /// Consecutive waits that returned events for no registration.
+    stale_streak: AtomicUsize,
+    /// How many times the poller was rebuilt (for tests and diagnostics).
+    rebuilds: AtomicUsize,
     fds: Mutex<FdSet>,
     timers: Arc<TimerQueue>,
     calls: ThreadCalls,
@@ -138,7 +149,7 @@ impl Loop {
         reading: bool,
         writing: bool,
     ) -> std::io::Result<Token> {
-        lock(&self.fds).add_native(&self.poller, fd, handler, reading, writing)
+        lock(&self.fds).add_native(&self.poller(), fd, handler, reading, writing)
     }
 
     pub fn set_native_interest(
@@ -147,13 +158,43 @@ impl Loop {
         reading: bool,
         writing: bool,
     ) -> std::io::Result<()> {
-        lock(&self.fds).set_native_interest(&self.poller, token, reading, writing)
+        lock(&self.fds).set_native_interest(&self.poller(), token, reading, writing)
     }
 
     /// Remove a native handler; dropping it happens after the lock is released.
     pub fn remove_native(&self, token: Token) -> bool {
-        let reg = lock(&self.fds).remove_native(&self.poller, token);
+        let reg = lock(&self.fds).remove_native(&self.poller(), token);
         reg.is_some()
+    }
+
+    fn poller(&self) -> Arc<Poller> {
+        self.poller
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the poller with a new one watching the live registrations.
+    ///
+    /// epoll keys its entries by open file description: a descriptor closed
+    /// without being removed, while a duplicate keeps its file open, leaves
+    /// an entry no `epoll_ctl` can reach any more (the fd number is gone).
+    /// If it stays ready, every wait returns it at once and the loop would
+    /// spin. A fresh epoll instance holds only what the table holds.
+    fn rebuild_poller(&self) -> std::io::Result<()> {
+        let fresh = Arc::new(Poller::new()?);
+        // Lock order everywhere: the table, then the poller.
+        let fds = lock(&self.fds);
+        let mut slot = self.poller.write().unwrap_or_else(|p| p.into_inner());
+        fds.rearm_all(&fresh);
+        *slot = fresh.clone();
+        drop(slot);
+        drop(fds);
+        // A thread may have notified the old poller between our last look at
+        // the call queue and the swap: wake the new one once, to be sure.
+        fresh.notify()?;
+        self.rebuilds.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Run `callable()` on the reactor thread at the next iteration (as
@@ -164,7 +205,7 @@ impl Loop {
     }
 
     pub fn notify(&self) -> PyResult<()> {
-        self.poller.notify().map_err(os_error)
+        self.poller().notify().map_err(os_error)
     }
 
     fn add(&self, py: Python<'_>, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
@@ -180,7 +221,7 @@ impl Loop {
                 )))
             }
         };
-        match lock(&self.fds).add_python(py, &self.poller, fd, sel, read) {
+        match lock(&self.fds).add_python(py, &self.poller(), fd, sel, read) {
             Ok(()) => Ok(true),
             // epoll cannot watch regular files; the caller polls them
             // continuously instead, as epollreactor does.
@@ -193,7 +234,7 @@ impl Loop {
         // A selectable whose fileno() fails is looked up by identity.
         let fd = fileno_of(sel).unwrap_or(None);
         lock(&self.fds)
-            .remove_python(&self.poller, fd, sel, read)
+            .remove_python(&self.poller(), fd, sel, read)
             .map_err(os_error)
     }
 
@@ -224,7 +265,8 @@ impl Loop {
             Events::with_capacity(NonZeroUsize::new(EVENTS_CAPACITY).unwrap_or(NonZeroUsize::MIN))
         });
         events.clear();
-        let poller = &self.poller;
+        let poller = self.poller();
+        let poller = &*poller;
         let result = py.detach(|| poller.wait(&mut events, timeout));
         let ready: Vec<Ready> = events
             .iter()
@@ -287,7 +329,7 @@ impl Loop {
         self.dispatch(py, reactor, ready)?;
         let mut fds = lock(&self.fds);
         for key in keys {
-            fds.arm_if_writing(&self.poller, key).map_err(os_error)?;
+            fds.arm_if_writing(&self.poller(), key).map_err(os_error)?;
         }
         Ok(())
     }
@@ -326,10 +368,36 @@ impl Loop {
         reactor: &Bound<'_, PyAny>,
         ready: Vec<Ready>,
     ) -> PyResult<()> {
+        let mut stale = false;
+        let result = self.dispatch_events(py, reactor, ready, &mut stale);
+        // An event for no registration happens once when a callback removed
+        // a descriptor whose event was already in the batch; the same thing
+        // wait after wait is an entry we cannot delete (see rebuild_poller).
+        if stale {
+            if self.stale_streak.fetch_add(1, Ordering::SeqCst) + 1 >= STALE_WAITS {
+                self.stale_streak.store(0, Ordering::SeqCst);
+                self.rebuild_poller().map_err(os_error)?;
+            }
+        } else {
+            self.stale_streak.store(0, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn dispatch_events(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        ready: Vec<Ready>,
+        stale: &mut bool,
+    ) -> PyResult<()> {
         let mut contexts: Option<Bound<'_, PyAny>> = None;
         for (key, r) in ready {
             let snap: Option<Snapshot> = lock(&self.fds).snapshot(py, key);
-            let Some(snap) = snap else { continue };
+            let Some(snap) = snap else {
+                *stale = true;
+                continue;
+            };
             match &snap.target {
                 Target::Native(h) => h.ready(py, Token(key as u64), r),
                 Target::Python(sel) => {
@@ -432,7 +500,9 @@ impl Loop {
     #[new]
     fn new() -> PyResult<Self> {
         Ok(Loop {
-            poller: Poller::new().map_err(os_error)?,
+            poller: RwLock::new(Arc::new(Poller::new().map_err(os_error)?)),
+            stale_streak: AtomicUsize::new(0),
+            rebuilds: AtomicUsize::new(0),
             fds: Mutex::new(FdSet::default()),
             timers: Arc::new(TimerQueue::default()),
             calls: ThreadCalls::default(),
@@ -550,6 +620,11 @@ impl Loop {
         lock(&self.fds).python_targets(py, false)
     }
 
+    /// How many times the poller was rebuilt to drop unreachable entries.
+    fn poller_rebuilds(&self) -> usize {
+        self.rebuilds.load(Ordering::SeqCst)
+    }
+
     /// How many descriptors are registered (Python and native).
     fn registered(&self) -> usize {
         lock(&self.fds).len()
@@ -623,7 +698,7 @@ impl Loop {
     }
 
     fn __clear__(&self) {
-        let regs = lock(&self.fds).drain(&self.poller);
+        let regs = lock(&self.fds).drain(&self.poller());
         drop(regs);
         lock(&self.signal_pipe).take();
         self.timers.clear();

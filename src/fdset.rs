@@ -507,6 +507,23 @@ impl FdSet {
         Some(self.remove(poller, idx))
     }
 
+    /// Add every registration, with the interest it has, to a new poller.
+    /// One whose descriptor is closed fails to add; the lost-descriptor
+    /// sweep disconnects it.
+    pub fn rearm_all(&self, poller: &Poller) {
+        for (idx, reg) in self.slab.iter() {
+            let key = poll_key(idx, reg.gen);
+            // SAFETY: as in `insert`.
+            let _ = unsafe {
+                poller.add_with_mode(
+                    reg.fd,
+                    interest(key, reg.reading, reg.out_armed),
+                    PollMode::Level,
+                )
+            };
+        }
+    }
+
     /// Every registration, removed from the table and the poller.
     pub fn drain(&mut self, poller: &Poller) -> Vec<Registration> {
         let keys: Vec<usize> = self.slab.iter().map(|(i, _)| i).collect();

@@ -679,3 +679,30 @@ def test_writer_of_a_reader_flushes_and_waits_for_writability(
     reactor.removeAll()
     a.close()
     b.close()
+
+
+def test_unreachable_epoll_entry_does_not_spin_the_loop(reactor: RustReactor) -> None:
+    """
+    A socket closed without removeReader while a duplicate keeps its file
+    open leaves an epoll entry no epoll_ctl can reach. Its selectable is
+    disconnected (fileno() is -1), and the loop then rebuilds its poller
+    rather than wake up for that entry forever.
+    """
+    a, b = socket.socketpair()
+    r = Reader(reactor, a)
+    reactor.addReader(r)
+    dup = os.dup(a.fileno())
+    a.close()  # the registration's fd is gone; the file lives on through dup
+    b.sendall(b"x")  # ...and is readable: level-triggered, it stays ready
+    for _ in range(10):
+        reactor.iterate(0.01)
+    assert r.lost and r.lost[0].check(error.ConnectionFdescWentAway)
+    assert reactor.getReaders() == []
+    rebuilds = reactor._loop.poller_rebuilds()
+    assert rebuilds >= 1
+    # Quiet now: more iterations do not find the entry again.
+    for _ in range(10):
+        reactor.iterate(0.01)
+    assert reactor._loop.poller_rebuilds() == rebuilds
+    os.close(dup)
+    b.close()
