@@ -45,8 +45,9 @@ import os
 import pwd
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import port_for
 import pytest
@@ -143,16 +144,26 @@ def _stop(executor: PostgreSQLExecutor | RedisExecutor, base: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _session_server(
+    request: pytest.FixtureRequest,
+    key: pytest.StashKey[Any],
+    start: Callable[[], tuple[Any, Path]],
+) -> Any:
+    """The server stored under C{key} for this session, started on first use
+    and stopped (its directory removed) when the session ends."""
+    config = request.config
+    executor = config.stash.get(key, None)
+    if executor is None:
+        executor, base = start()
+        config.stash[key] = executor
+        config.add_cleanup(lambda: _stop(executor, base))
+    return executor
+
+
 @pytest.fixture(scope="session")
 def pg_server(request: pytest.FixtureRequest) -> PostgreSQLExecutor:
     """The session's PostgreSQL server (started on first use)."""
-    config = request.config
-    executor = config.stash.get(_PG_KEY, None)
-    if executor is None:
-        executor, base = _start_postgres()
-        config.stash[_PG_KEY] = executor
-        config.add_cleanup(lambda: _stop(executor, base))
-    return executor
+    return _session_server(request, _PG_KEY, _start_postgres)
 
 
 #: A fresh database for each test: the plugin's client fixture on C{pg_server}.
@@ -182,18 +193,10 @@ def _start_redis() -> tuple[RedisExecutor, Path]:
     return executor, base
 
 
-
-
 @pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest) -> RedisExecutor:
     """The session's redis-server, on TCP and on C{.unixsocket}."""
-    config = request.config
-    executor = config.stash.get(_REDIS_KEY, None)
-    if executor is None:
-        executor, base = _start_redis()
-        config.stash[_REDIS_KEY] = executor
-        config.add_cleanup(lambda: _stop(executor, base))
-    return executor
+    return _session_server(request, _REDIS_KEY, _start_redis)
 
 
 #: A redis-py client; the plugin flushes every database after each test.
