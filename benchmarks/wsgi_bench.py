@@ -1502,7 +1502,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=RETRIES,
         help="reruns of a pair when other processes used more than "
-        f"{OTHER_CPU_LIMIT:.0%} of a CPU during it (default {RETRIES})",
+        f"{OTHER_CPU_LIMIT:.0%}% of a CPU during it (default {RETRIES})",
     )
     parser.add_argument("--json", help="JSON output path")
     parser.add_argument(
