@@ -68,10 +68,12 @@ lint: $(VENV)/.deps
 	cargo fmt --check
 	cargo clippy --quiet -- -D warnings
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 fmt:
 	cargo fmt
 	$(BIN)/ruff check --fix . || true
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf target _trial_temp* .pytest_cache

@@ -877,10 +877,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-
-
-
-
 def _rows(
     names: Iterable[str], results: dict[str, dict[str, PairResult]]
 ) -> list[list[str]]:

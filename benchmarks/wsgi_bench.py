@@ -1103,13 +1103,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-
-
 def _git_head() -> str:
     out = _cmd_output(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"])
     return out.splitlines()[0] if out else "?"
-
-
 
 
 def _fmt_rate(r: PairResult) -> str:

@@ -137,7 +137,9 @@ def report(outcomes: dict[str, dict[str, str]], expected: dict[str, str]) -> int
     ref = outcomes.get("epoll", {})
     reactors = [r for r in ("rust", "epoll") if r in outcomes]
 
-    table: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    table: dict[str, dict[str, Counter[str]]] = defaultdict(
+        lambda: defaultdict(Counter)
+    )
     for r in reactors:
         for nid, outcome in outcomes[r].items():
             table[module_of(nid)][r][outcome] += 1
@@ -173,16 +175,22 @@ def report(outcomes: dict[str, dict[str, str]], expected: dict[str, str]) -> int
         for nid, outcome in sorted(ref.items()):
             if outcome == "pass" and ours and ours.get(nid) != "pass":
                 line = f"  {nid}: passes on epoll, {ours.get(nid)} on rust"
-                if line not in problems and not any(p.startswith(f"  {nid}:") for p in problems):
+                if line not in problems and not any(
+                    p.startswith(f"  {nid}:") for p in problems
+                ):
                     problems.append(line)
-        gained = sorted(n for n, o in ours.items() if o == "pass" and ref.get(n) != "pass")
+        gained = sorted(
+            n for n, o in ours.items() if o == "pass" and ref.get(n) != "pass"
+        )
         if gained:
             print("Passing on rust but not on epoll:")
             for nid in gained:
                 print(f"  {nid}: {ref.get(nid)} on epoll")
             print()
     if expected_hits:
-        print(f"{len(expected_hits)} expected failures (conformance/expected_failures.txt):")
+        print(
+            f"{len(expected_hits)} expected failures (conformance/expected_failures.txt):"
+        )
         print("\n".join(expected_hits))
         print()
     if problems:

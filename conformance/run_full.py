@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, str]] = {}
     for reactor in reactors:
         if args.from_logs:
-            text = (ROOT / f"_trial_temp_full_{reactor}.log").read_text(errors="replace")
+            text = (ROOT / f"_trial_temp_full_{reactor}.log").read_text(
+                errors="replace"
+            )
             outcomes, elapsed, summary = parse(text), 0.0, "from log"
         else:
             outcomes, elapsed, summary = run(reactor, args.suite, args.jobs)
@@ -176,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(set(ours) - set(ref)) if ref else []
 
     if allowed:
-        print("\nOther differences (allowed: see expected_failures.txt or epoll did not pass):")
+        print(
+            "\nOther differences (allowed: see expected_failures.txt or epoll did not pass):"
+        )
         print("\n".join(allowed))
     if missing:
         print(f"\n{len(missing)} tests ran only on rust")

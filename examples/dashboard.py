@@ -288,7 +288,11 @@ async def _visit(cursor: Any, scope: _Scope, s: Services, path: str) -> dict[str
         # Refused, reset, ...: recorded as such. (A call cancelled because
         # the request was fails here too; the next step raises CancelledError.)
         status, upstream = None, {"error": f"{type(e).__name__}: {e}"}
-    await sql("UPDATE dashboard_visits SET upstream_status = %s WHERE id = %s", status, visit_id)
+    await sql(
+        "UPDATE dashboard_visits SET upstream_status = %s WHERE id = %s",
+        status,
+        visit_id,
+    )
     await sql("SELECT count(*) FROM dashboard_visits")
     (count,) = cursor.fetchone()
     return {"visit": visit_id, "visits": count, "upstream": upstream}
@@ -331,7 +335,9 @@ def start(path: str) -> Deferred[dict[str, Any]]:
 def application(
     environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterator[bytes]:
-    waiter = environ["twisted_shim.wait"](start(environ["PATH_INFO"]), timeout=config().timeout)
+    waiter = environ["twisted_shim.wait"](
+        start(environ["PATH_INFO"]), timeout=config().timeout
+    )
     yield b""  # paused until the Deferred fires
     try:
         page = waiter.result()
@@ -344,6 +350,7 @@ def application(
         status = "200 OK" if upstream == 200 else "502 Bad Gateway"
     body = json.dumps(page).encode() + b"\n"
     start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
     )
     yield body

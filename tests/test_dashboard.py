@@ -81,7 +81,9 @@ reactor.run()
 BAD_OUTPUT = ("Traceback", "Unhandled", "Exception ignored", "panicked")
 
 
-def eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
+def eventually(
+    probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0
+) -> T:
     """Poll C{probe} until C{done(value)}, at most C{timeout} seconds; the last value."""
     deadline = time.monotonic() + timeout
     value = probe()
@@ -311,7 +313,9 @@ def check_page(status: int, page: dict[str, Any], path: str) -> None:
 
 
 def test_concurrent_requests(
-    dashboard: Callable[..., Dashboard], upstream: Upstream, pg_db: Connection  # noqa: F811
+    dashboard: Callable[..., Dashboard],
+    upstream: Upstream,
+    pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard()
     upstream.hold_until = POOL
@@ -336,7 +340,8 @@ def test_concurrent_requests(
 
 
 def test_redis_over_unix_socket(
-    dashboard: Callable[..., Dashboard], pg_db: Connection  # noqa: F811
+    dashboard: Callable[..., Dashboard],
+    pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard(redis_unix=True)
     paths = [f"/unix/{i}" for i in range(20)]
@@ -352,7 +357,9 @@ def _abort(sock: socket.socket) -> None:
 
 
 def test_killed_clients_roll_back(
-    dashboard: Callable[..., Dashboard], upstream: Upstream, pg_db: Connection  # noqa: F811
+    dashboard: Callable[..., Dashboard],
+    upstream: Upstream,
+    pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard()
 
@@ -402,7 +409,9 @@ def test_killed_clients_roll_back(
 
 
 def test_timeout_rolls_back(
-    dashboard: Callable[..., Dashboard], upstream: Upstream, pg_db: Connection  # noqa: F811
+    dashboard: Callable[..., Dashboard],
+    upstream: Upstream,
+    pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard(timeout=1.0)
     status, page = server.get("/slow/timeout")

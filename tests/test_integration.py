@@ -73,10 +73,14 @@ def run_trial(
     summary = _SUMMARY.findall(output)
     assert summary, f"no trial summary (exit {result.returncode}):\n{output}"
     verdict, counts_text = summary[-1]
-    counts = {k: int(v) for k, v in (item.split("=") for item in counts_text.split(", "))}
+    counts = {
+        k: int(v) for k, v in (item.split("=") for item in counts_text.split(", "))
+    }
     print(f"{module} on {reactor}: {verdict} {counts}")
     assert verdict == "PASSED" and result.returncode == 0, output
-    assert set(counts) == {"successes"}, f"skips or expected failures: {counts}\n{output}"
+    assert set(counts) == {"successes"}, (
+        f"skips or expected failures: {counts}\n{output}"
+    )
     assert counts["successes"] > 0, output
     return counts
 

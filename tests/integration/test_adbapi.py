@@ -55,7 +55,9 @@ class AdbapiTests(TestCase):
         self.assertEqual(await self.pool.runQuery("SELECT %s::int * 2", (21,)), [(42,)])
         await self.pool.runOperation("CREATE TABLE t (v text)")
         await self.pool.runOperation("INSERT INTO t VALUES (%s), (%s)", ("a", "b"))
-        self.assertEqual(await self.pool.runQuery("SELECT v FROM t ORDER BY v"), [("a",), ("b",)])
+        self.assertEqual(
+            await self.pool.runQuery("SELECT v FROM t ORDER BY v"), [("a",), ("b",)]
+        )
         await self.assertFailure(self.pool.runQuery("SELECT 1/0"), psycopg2.DataError)
         self.assertEqual(await self.pool.runQuery("SELECT 1"), [(1,)])
 
@@ -71,17 +73,23 @@ class AdbapiTests(TestCase):
             return int(cursor.fetchone()[0])
 
         self.assertEqual(await self.pool.runInteraction(insert, [1, 2, 3], False), 3)
-        await self.assertFailure(self.pool.runInteraction(insert, [4, 5], True), ValueError)
+        await self.assertFailure(
+            self.pool.runInteraction(insert, [4, 5], True), ValueError
+        )
 
         def duplicate(cursor: Any) -> None:
             cursor.execute("INSERT INTO t VALUES (6)")
             cursor.execute("INSERT INTO nowhere VALUES (1)")
 
-        await self.assertFailure(self.pool.runInteraction(duplicate), psycopg2.ProgrammingError)
+        await self.assertFailure(
+            self.pool.runInteraction(duplicate), psycopg2.ProgrammingError
+        )
         self.assertEqual(await self.pool.runQuery("SELECT sum(v) FROM t"), [(6,)])
 
     async def test_concurrent_queries(self) -> None:
-        ds = [self.pool.runQuery("SELECT %s, pg_backend_pid()", (i,)) for i in range(100)]
+        ds = [
+            self.pool.runQuery("SELECT %s, pg_backend_pid()", (i,)) for i in range(100)
+        ]
         results = await gatherResults(ds)
         self.assertEqual([rows[0][0] for rows in results], list(range(100)))
         self.assertLessEqual(len({rows[0][1] for rows in results}), 3)

@@ -81,7 +81,9 @@ class _ServerMixin:
         if self.tls:
             ca_pem, server_pem = make_certificates()
             options = ssl.PrivateCertificate.loadPEM(server_pem).options()
-            self.port = reactor.listenSSL(0, self.counter, options, interface="127.0.0.1")
+            self.port = reactor.listenSSL(
+                0, self.counter, options, interface="127.0.0.1"
+            )
             self.trustRoot = ssl.Certificate.loadPEM(ca_pem)
             policy = BrowserLikePolicyForHTTPS(trustRoot=self.trustRoot)
             self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
@@ -119,8 +121,12 @@ class TreqTests(_ServerMixin, TestCase):
         self.assertEqual((echo["method"], echo["length"]), ("POST", 1000))
 
     async def test_post_form_and_json(self) -> None:
-        response = await treq.post(self.url("/echo"), json={"a": [1, 2]}, pool=self.pool)
-        self.assertEqual((await treq.json_content(response))["length"], len(b'{"a":[1,2]}'))
+        response = await treq.post(
+            self.url("/echo"), json={"a": [1, 2]}, pool=self.pool
+        )
+        self.assertEqual(
+            (await treq.json_content(response))["length"], len(b'{"a":[1,2]}')
+        )
         response = await treq.put(self.url("/echo"), data={"k": "v"}, pool=self.pool)
         self.assertEqual((await treq.json_content(response))["method"], "PUT")
 
@@ -165,7 +171,9 @@ class TreqTests(_ServerMixin, TestCase):
         )
 
     async def test_redirect_not_followed(self) -> None:
-        response = await treq.get(self.url("/redirect/1"), pool=self.pool, allow_redirects=False)
+        response = await treq.get(
+            self.url("/redirect/1"), pool=self.pool, allow_redirects=False
+        )
         self.assertEqual(response.code, 302)
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/redirect/0"])
         await treq.content(response)
@@ -293,7 +301,9 @@ class PoolTests(_ServerMixin, TestCase):
         self.assertEqual(self.counter.opened, 1)
 
         # 8 at once: the cached connection and 7 new ones.
-        results = await gatherResults([Deferred.fromCoroutine(self.get("/peer")) for _ in range(8)])
+        results = await gatherResults(
+            [Deferred.fromCoroutine(self.get("/peer")) for _ in range(8)]
+        )
         self.assertEqual(len({body for _, body in results}), 8)
         self.assertEqual(self.counter.opened, 8)
         # The pool keeps 3 and closes the other 5.
@@ -303,7 +313,9 @@ class PoolTests(_ServerMixin, TestCase):
         # Sequential requests, then 3 at once: the 3 cached connections.
         for _ in range(20):
             await self.get("/hello")
-        results = await gatherResults([Deferred.fromCoroutine(self.get("/peer")) for _ in range(3)])
+        results = await gatherResults(
+            [Deferred.fromCoroutine(self.get("/peer")) for _ in range(3)]
+        )
         self.assertEqual(len({body for _, body in results}), 3)
         self.assertEqual((self.counter.opened, self.counter.closed), (8, 5))
 

@@ -79,7 +79,9 @@ class _Base(TestCase):
         check_reactor(reactor)
         self.dsn = pg_dsn()
         self.admin = await self.connect()
-        await self.admin.runOperation("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        await self.admin.runOperation(
+            "DROP SCHEMA public CASCADE; CREATE SCHEMA public"
+        )
 
     async def connect(self) -> txpostgres.Connection:
         conn = txpostgres.Connection(reactor=reactor)
@@ -87,13 +89,17 @@ class _Base(TestCase):
         self.addCleanup(conn.close)
         return conn
 
-    async def pool(self, size: int, cls: type[txpostgres.ConnectionPool] | None = None) -> Any:
+    async def pool(
+        self, size: int, cls: type[txpostgres.ConnectionPool] | None = None
+    ) -> Any:
         pool = (cls or txpostgres.ConnectionPool)(None, self.dsn, min=size)
         await pool.start()
         self.addCleanup(pool.close)
         return pool
 
-    async def backends(self, admin: txpostgres.Connection, marker: str, state: str) -> list[int]:
+    async def backends(
+        self, admin: txpostgres.Connection, marker: str, state: str
+    ) -> list[int]:
         """Pids of the other backends running a query that contains C{marker}."""
         rows = await admin.runQuery(
             "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
@@ -103,7 +109,11 @@ class _Base(TestCase):
         return [pid for (pid,) in rows]
 
     async def until_backends(
-        self, admin: txpostgres.Connection, marker: str, state: str = "active", n: int = 1
+        self,
+        admin: txpostgres.Connection,
+        marker: str,
+        state: str = "active",
+        n: int = 1,
     ) -> list[int]:
         """Wait (at most 10 s) until C{n} backends run the marked query."""
         for _ in range(500):
@@ -120,7 +130,9 @@ class ConnectionTests(_Base):
         self.assertEqual(await conn.runQuery("SELECT %s::int + 1", (41,)), [(42,)])
         await conn.runOperation("CREATE TABLE t (id serial PRIMARY KEY, v text)")
         await conn.runOperation("INSERT INTO t (v) VALUES (%s), (%s)", ("a", "b"))
-        self.assertEqual(await conn.runQuery("SELECT v FROM t ORDER BY id"), [("a",), ("b",)])
+        self.assertEqual(
+            await conn.runQuery("SELECT v FROM t ORDER BY id"), [("a",), ("b",)]
+        )
         rows = await conn.runQuery("SELECT generate_series(1, 10000)")
         self.assertEqual(len(rows), 10000)
 
@@ -133,7 +145,9 @@ class ConnectionTests(_Base):
     async def test_queued_on_one_connection(self) -> None:
         """Queries issued at once on one connection run one after another."""
         conn = await self.connect()
-        results = await gatherResults([conn.runQuery("SELECT %s", (i,)) for i in range(100)])
+        results = await gatherResults(
+            [conn.runQuery("SELECT %s", (i,)) for i in range(100)]
+        )
         self.assertEqual(results, [[(i,)] for i in range(100)])
 
 
@@ -144,7 +158,9 @@ class PoolTests(_Base):
         come back right, served by exactly 5 backends.
         """
         pool = await self.pool(5)
-        ds = [pool.runQuery("SELECT %s::int, pg_backend_pid()", (i,)) for i in range(200)]
+        ds = [
+            pool.runQuery("SELECT %s::int, pg_backend_pid()", (i,)) for i in range(200)
+        ]
         self.assertEqual(len(pool._semaphore.waiting), 195)
         results = await gatherResults(ds)
         self.assertEqual([rows[0][0] for rows in results], list(range(200)))
@@ -164,13 +180,17 @@ class PoolTests(_Base):
 
         counts = await gatherResults([pool.runInteraction(hit, i) for i in range(100)])
         self.assertEqual(counts, [1] * 100)
-        self.assertEqual(await pool.runQuery("SELECT count(*), sum(n) FROM hits"), [(100, 4950)])
+        self.assertEqual(
+            await pool.runQuery("SELECT count(*), sum(n) FROM hits"), [(100, 4950)]
+        )
 
 
 class TransactionTests(_Base):
     async def setUpAccounts(self) -> Any:
         pool = await self.pool(2)
-        await pool.runOperation("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL)")
+        await pool.runOperation(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL)"
+        )
         await pool.runOperation("INSERT INTO accounts VALUES (1, 100), (2, 0)")
         return pool
 
@@ -227,7 +247,9 @@ class TransactionTests(_Base):
 
             @interaction
             async def paused(cursor: Any) -> None:
-                await cursor.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+                await cursor.execute(
+                    "UPDATE accounts SET balance = balance + 1 WHERE id = 2"
+                )
                 await gate  # noqa: B023 (the gate of this iteration)
                 if outcome == "rollback":  # noqa: B023
                     raise ValueError("roll back")
@@ -275,7 +297,11 @@ class NotifyTests(_Base):
         await notifier.runOperation("NOTIFY events, 'done'")
         await done
         expected = [("events", str(i)) for i in range(50)]
-        expected += [("events", "committed"), ("events", "while busy"), ("events", "done")]
+        expected += [
+            ("events", "committed"),
+            ("events", "while busy"),
+            ("events", "done"),
+        ]
         self.assertEqual(received, expected)
 
 
@@ -326,7 +352,9 @@ class TerminateTests(_Base):
         admin = self.admin
         d = conn.runQuery("SELECT pg_sleep(60) -- terminate me")
         (pid,) = await self.until_backends(admin, "terminate me")
-        self.assertEqual(await admin.runQuery("SELECT pg_terminate_backend(%s)", (pid,)), [(True,)])
+        self.assertEqual(
+            await admin.runQuery("SELECT pg_terminate_backend(%s)", (pid,)), [(True,)]
+        )
         await self.assertFailure(d, psycopg2.OperationalError)
         self.assertTrue(conn.closed)
         await self.assertFailure(conn.runQuery("SELECT 1"), psycopg2.InterfaceError)
@@ -339,7 +367,10 @@ class TerminateTests(_Base):
             conn.detector.addRecoveryHandler(lambda: recovered.callback(None))
 
         async def pids() -> set[int]:
-            ds = [pool.runQuery("SELECT pg_backend_pid(), pg_sleep(0.05)") for _ in range(5)]
+            ds = [
+                pool.runQuery("SELECT pg_backend_pid(), pg_sleep(0.05)")
+                for _ in range(5)
+            ]
             return {rows[0][0] for rows in await gatherResults(ds)}
 
         before = await pids()
@@ -353,9 +384,10 @@ class TerminateTests(_Base):
         self.assertEqual(len(after), 5)
         self.assertNotIn(pid, after)
         self.assertEqual(len(before & after), 4)
-        results = await gatherResults([pool.runQuery("SELECT %s", (i,)) for i in range(100)])
+        results = await gatherResults(
+            [pool.runQuery("SELECT %s", (i,)) for i in range(100)]
+        )
         self.assertEqual(results, [[(i,)] for i in range(100)])
-
 
     async def test_terminated_while_idle(self) -> None:
         """
@@ -371,7 +403,9 @@ class TerminateTests(_Base):
         self.addCleanup(back.close)
         recovered: Deferred[None] = Deferred()
         back.detector.addRecoveryHandler(lambda: recovered.callback(None))
-        pids = [(await c.runQuery("SELECT pg_backend_pid()"))[0][0] for c in (conn, back)]
+        pids = [
+            (await c.runQuery("SELECT pg_backend_pid()"))[0][0] for c in (conn, back)
+        ]
         await self.admin.runQuery(
             "SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (pids,)
         )

@@ -159,7 +159,9 @@ class _RedisTests(_Mixin):
         news = [m for p, c, m in sub.messages if c == "news" and p is None]
         sport = [(p, c, m) for p, c, m in sub.messages if p == "sport.*"]
         self.assertEqual(news, [f"n{i}" for i in range(100)])
-        self.assertEqual(sport, [("sport.*", f"sport.{i % 3}", f"s{i}") for i in range(100)])
+        self.assertEqual(
+            sport, [("sport.*", f"sport.{i % 3}", f"s{i}") for i in range(100)]
+        )
 
     async def test_blpop_times_out(self) -> None:
         self.assertIsNone(await self.redis.blpop(["queue"], timeout=0.2))
@@ -190,7 +192,9 @@ class _RedisTests(_Mixin):
         pops = [pool.blpop([f"q{i}"], timeout=30) for i in range(3)]
         for i in range(3):
             await self.redis.rpush(f"q{i}", f"v{i}")
-        self.assertEqual(await gatherResults(pops), [[f"q{i}", f"v{i}"] for i in range(3)])
+        self.assertEqual(
+            await gatherResults(pops), [[f"q{i}", f"v{i}"] for i in range(3)]
+        )
         self.assertEqual(await pool.get("nothing"), None)
 
 
