@@ -201,6 +201,13 @@ impl Conn {
                 if let Phase::Body { .. } = st.phase {
                     st.since = Instant::now();
                 }
+                if n < want {
+                    // A short read emptied the socket: another read would
+                    // only return EAGAIN. The poller is level-triggered, so
+                    // what arrives meanwhile (end of stream too) is reported
+                    // by the next wait.
+                    break;
+                }
                 continue;
             }
             if n == 0 {
