@@ -16,13 +16,12 @@
 //! `ConnectionFdescWentAway`, as Twisted's poll reactor does when `fileno()`
 //! returns -1.
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use polling::{Events, Poller};
+use polling::Poller;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -34,6 +33,7 @@ use crate::fdset::{
 };
 use crate::time::{lock, DelayedCall, TimerQueue};
 use crate::twisted::{api, log_err, log_failure, LogContext};
+use crate::wait::{self, EventBuf, Waker};
 
 /// How long the loop must have been idle before it checks its descriptors
 /// for ones closed underneath their registration.
@@ -67,8 +67,10 @@ pub struct Loop {
     fds: Mutex<FdSet>,
     timers: Arc<TimerQueue>,
     calls: ThreadCalls,
+    /// Ends a wait when another thread queued work (see `wait`).
+    waker: Waker,
     /// A reusable event buffer; taken out while a wait is under way.
-    events: Mutex<Option<Events>>,
+    events: Mutex<Option<EventBuf>>,
     /// When the last lost-descriptor sweep ran (or the loop last saw events).
     last_sweep: Mutex<Instant>,
     /// The pipe given to `signal.set_wakeup_fd`, made on first request.
@@ -187,12 +189,12 @@ impl Loop {
         let fds = lock(&self.fds);
         let mut slot = self.poller.write().unwrap_or_else(|p| p.into_inner());
         fds.rearm_all(&fresh);
-        *slot = fresh.clone();
+        // The eventfd keeps its count across pollers: a wake-up sent to the
+        // old one is seen by the new one.
+        self.waker.register(&fresh)?;
+        *slot = fresh;
         drop(slot);
         drop(fds);
-        // A thread may have notified the old poller between our last look at
-        // the call queue and the swap: wake the new one once, to be sure.
-        fresh.notify()?;
         self.rebuilds.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -205,7 +207,7 @@ impl Loop {
     }
 
     pub fn notify(&self) -> PyResult<()> {
-        self.poller().notify().map_err(os_error)
+        self.waker.wake().map_err(os_error)
     }
 
     fn add(&self, py: Python<'_>, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
@@ -261,27 +263,14 @@ impl Loop {
         } else {
             timeout
         };
-        let mut events = lock(&self.events).take().unwrap_or_else(|| {
-            Events::with_capacity(NonZeroUsize::new(EVENTS_CAPACITY).unwrap_or(NonZeroUsize::MIN))
-        });
-        events.clear();
+        let mut events = lock(&self.events)
+            .take()
+            .unwrap_or_else(|| EventBuf::with_capacity(EVENTS_CAPACITY));
         let poller = self.poller();
         let poller = &*poller;
-        let result = py.detach(|| poller.wait(&mut events, timeout));
-        let ready: Vec<Ready> = events
-            .iter()
-            .map(|ev| {
-                (
-                    ev.key,
-                    Readiness {
-                        readable: ev.readable,
-                        writable: ev.writable,
-                        hangup: ev.is_interrupt(),
-                        error: ev.is_err().unwrap_or(false),
-                    },
-                )
-            })
-            .collect();
+        let waker = &self.waker;
+        let mut ready: Vec<Ready> = Vec::new();
+        let result = py.detach(|| wait::wait(poller, waker, &mut events, timeout, &mut ready));
         *lock(&self.events) = Some(events);
         result.map_err(os_error)?;
         // Run Python's signal handlers now (a KeyboardInterrupt propagates).
@@ -499,8 +488,12 @@ fn dispatch_python(
 impl Loop {
     #[new]
     fn new() -> PyResult<Self> {
+        let poller = Poller::new().map_err(os_error)?;
+        let waker = Waker::new().map_err(os_error)?;
+        waker.register(&poller).map_err(os_error)?;
         Ok(Loop {
-            poller: RwLock::new(Arc::new(Poller::new().map_err(os_error)?)),
+            poller: RwLock::new(Arc::new(poller)),
+            waker,
             stale_streak: AtomicUsize::new(0),
             rebuilds: AtomicUsize::new(0),
             fds: Mutex::new(FdSet::default()),

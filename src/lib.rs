@@ -3,7 +3,9 @@
 //! The tree follows the reactor's concerns, one module each:
 //!
 //! - [`event_loop`]: the `Loop` object a Python reactor owns — `run`, `iterate`,
-//!   polling with the GIL released, and dispatch of readiness;
+//!   waiting with the GIL released, and dispatch of readiness;
+//! - [`wait`]: the wait itself (`epoll_pwait2` on `polling`'s epoll instance)
+//!   and the eventfd that wakes it from other threads;
 //! - [`fdset`]: the registrations behind IReactorFDSet (Python selectables and
 //!   native Rust handlers), kept in a `slab`;
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
@@ -22,6 +24,7 @@ pub mod fdset;
 pub mod http;
 pub mod time;
 pub mod twisted;
+pub mod wait;
 pub mod wsgi;
 
 #[pymodule]
