@@ -18,15 +18,20 @@ C{upstream}
     the environment variable C{WSGI_BENCH_UPSTREAM}) that answers after
     50 ms, and returns C{b"upstream: "} plus the upstream's body.
     - Where C{environ} has C{twisted_shim.wait} (twisted-shim on the reactor
-      thread), the GET is made with treq (C{treq.client.HTTPClient}; a bare
-      Twisted C{Agent} if treq is not installed, or if the environment
-      variable C{WSGI_BENCH_CLIENT} is C{agent}) on a persistent
+      thread), the GET is made with Twisted's C{Agent} on a persistent
       C{HTTPConnectionPool}, and the request pauses its output until the
-      Deferred fires: no thread waits.
+      Deferred fires: no thread waits. C{Agent} is Twisted's counterpart of
+      C{http.client}, which the blocking path uses.
     - Everywhere else (the thread- or process-based servers, twisted-shim's
       thread-pool mode), the calling thread blocks in an C{http.client} GET
       on a persistent connection of its own (one per thread, reused), as an
       application using a requests.Session per thread would.
+C{upstream_treq}
+    The same, with treq (C{treq.client.HTTPClient} over the same kind of
+    pool) instead of a bare C{Agent} on the paused path; the blocking path is
+    C{upstream}'s. treq adds cookies, redirects, content decoding and
+    URL handling to every request, which costs about as much CPU as the
+    C{Agent} request under it.
 C{sleep}
     The same 50 ms wait without an upstream: C{twisted_shim.wait} on a
     C{deferLater(reactor, 0.05, ...)} on twisted-shim, C{time.sleep(0.05)}
@@ -52,8 +57,6 @@ ECHO_MAX = 1024 * 1024
 UPSTREAM_DELAY = 0.05
 UPSTREAM_ENV = "WSGI_BENCH_UPSTREAM"
 UPSTREAM_TIMEOUT = 30.0
-# WSGI_BENCH_CLIENT=agent: use the bare Agent even when treq is installed.
-CLIENT_ENV = "WSGI_BENCH_CLIENT"
 
 assert len(HELLO) == 13 and len(BIG) == 64 * 1024
 
@@ -131,40 +134,37 @@ def _blocking_get() -> bytes:
 # --------------------------------------------------------------------------
 # upstream: the paused path (twisted-shim on the reactor thread)
 
-_clients: dict[int, Any] = {}
+_clients: dict[tuple[int, bool], Any] = {}
 
 
-def _client(reactor: Any) -> Any:
+def _client(reactor: Any, treq: bool) -> Any:
     """
-    One HTTP client per reactor, on a persistent pool that keeps every
-    connection the 500 concurrent requests opened (Twisted's default keeps
-    2 per host, treq's global pool too, so the others would be reopened for
-    each request): a C{treq.client.HTTPClient} when treq is installed, else
-    a bare C{Agent}.
+    One HTTP client per reactor and kind, on a persistent pool that keeps
+    every connection the 500 concurrent requests opened (Twisted's default
+    keeps 2 per host, treq's global pool too, so the others would be
+    reopened for each request): a bare C{Agent}, or a
+    C{treq.client.HTTPClient} over one.
     """
-    client = _clients.get(id(reactor))
+    client = _clients.get((id(reactor), treq))
     if client is None:
         from twisted.web.client import Agent, HTTPConnectionPool
 
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 2048
-        agent = Agent(reactor, pool=pool)
-        try:
+        client = Agent(reactor, pool=pool)
+        if treq:
             from treq.client import HTTPClient
-        except ImportError:
-            client = agent
-        else:
-            use_agent = os.environ.get(CLIENT_ENV) == "agent"
-            client = agent if use_agent else HTTPClient(agent)
-        _clients[id(reactor)] = client
+
+            client = HTTPClient(client)
+        _clients[(id(reactor), treq)] = client
     return client
 
 
-def _paused_get(environ: Environ) -> Any:
+def _paused_get(environ: Environ, treq: bool) -> Any:
     host, port, path = _upstream_url()
     url = f"http://{host}:{port}{path}"
-    client = _client(environ["twisted_shim.reactor"])
-    if hasattr(client, "get"):  # treq
+    client = _client(environ["twisted_shim.reactor"], treq)
+    if treq:
         from treq import content as read_body
 
         d = client.get(url)
@@ -194,10 +194,21 @@ def _respond_after(
     yield body
 
 
-def upstream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+def _upstream(
+    environ: Environ, start_response: StartResponse, treq: bool
+) -> Iterable[bytes]:
     if "twisted_shim.wait" in environ:
-        return _respond_after(_paused_get(environ), start_response, b"upstream: ")
+        waiter = _paused_get(environ, treq)
+        return _respond_after(waiter, start_response, b"upstream: ")
     return _ok(start_response, b"upstream: " + _blocking_get())
+
+
+def upstream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    return _upstream(environ, start_response, treq=False)
+
+
+def upstream_treq(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    return _upstream(environ, start_response, treq=True)
 
 
 def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -213,4 +224,4 @@ def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return _ok(start_response, b"slept: ok")
 
 
-APPS = ("hello", "big", "echo", "upstream", "sleep")
+APPS = ("hello", "big", "echo", "upstream", "upstream_treq", "sleep")

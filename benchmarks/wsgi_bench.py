@@ -70,11 +70,14 @@ Applications (C{benchmarks/wsgi_apps.py}, one module for every server)
     GET; the application makes one HTTP GET to a local upstream server that
     answers after 50 ms (an asyncio server of this file on uvloop, started
     once per run from C{.venv-bench}, keep-alive). On twisted-shim the
-    request pauses with C{environ["twisted_shim.wait"]} on a treq GET (a
-    bare C{Agent} if treq is not installed; a persistent pool either way);
-    on the other servers the thread blocks in an C{http.client} GET on a
-    persistent connection of its own.
+    request pauses with C{environ["twisted_shim.wait"]} on a GET made with
+    Twisted's C{Agent} on a persistent pool; on the other servers the thread
+    blocks in an C{http.client} GET on a persistent connection of its own
+    (C{Agent} and C{http.client} are each side's standard HTTP client).
     500 connections, so no server can exceed 500 / 0.05 s = 10,000 req/s.
+``upstream_treq`` (twisted-shim only)
+    C{upstream} with treq instead of the bare C{Agent} on the paused path
+    (on the other servers it would be C{upstream} again).
 ``sleep`` (not in the default set)
     The same 50 ms wait without the upstream: C{deferLater} on twisted-shim,
     C{time.sleep} elsewhere. 500 connections.
@@ -662,6 +665,8 @@ class App:
     method: str = "GET"
     body: bytes = b""
     expect: Callable[[bytes], bool] = lambda b: True
+    #: Run only on these servers (all of them when empty).
+    only: tuple[str, ...] = ()
 
 
 ECHO_BODY = (b"0123456789abcdef" * (ECHO_BODY_BYTES // 16 + 1))[:ECHO_BODY_BYTES]
@@ -686,6 +691,13 @@ APPS: dict[str, App] = {
             expect=lambda b: b == b"upstream: ok",
         ),
         App(
+            "upstream_treq",
+            500,
+            "as upstream, with treq instead of a bare Agent on the paused path",
+            expect=lambda b: b == b"upstream: ok",
+            only=(BASELINE,),
+        ),
+        App(
             "sleep",
             500,
             "GET, app waits 50 ms (deferLater / time.sleep)",
@@ -693,7 +705,7 @@ APPS: dict[str, App] = {
         ),
     ]
 }
-DEFAULT_APPS = ("hello", "big", "echo", "upstream")
+DEFAULT_APPS = ("hello", "big", "echo", "upstream", "upstream_treq")
 
 
 def _wrk_script(app: App, directory: Path) -> Path:
@@ -1364,49 +1376,52 @@ def harness(args: argparse.Namespace) -> int:
         plan = Plan(wrk, warmup_s, duration_s, server_cpu, client_cpu, Path(tmp), ctx)
         try:
             unavailable = {s: SERVERS[s].unavailable() for s in servers}
-            if any(APPS[a].name == "upstream" for a in apps):
+            if any(APPS[a].name.startswith("upstream") for a in apps):
                 problem = start_upstream(plan)
                 if problem:
                     print(problem, file=sys.stderr)
                     return 1
                 print(f"upstream server on {ctx.upstream_url} (CPU {client_cpu})")
-            total = len(servers) * len(apps)
+            pairs = [
+                (a, s)
+                for a in apps
+                for s in servers
+                if not APPS[a].only or s in APPS[a].only
+            ]
+            total = len(pairs)
             step = 0
-            for app_name in apps:
-                for server_name in servers:
-                    step += 1
-                    label = f"[{step}/{total}] {app_name} on {server_name}"
-                    why = unavailable[server_name]
-                    if why:
-                        status = (
-                            "not installed"
-                            if server_name == "uwsgi"
-                            else "not available"
-                        )
-                        results[(server_name, app_name)] = PairResult(
-                            server_name, app_name, status, note=why
-                        )
-                        print(f"{label}: {status.upper()}: {why}", flush=True)
-                        continue
-                    print(f"{label} ... ", end="", flush=True)
-                    r = _run_pair_quietly(plan, server_name, app_name, args.retries)
-                    results[(server_name, app_name)] = r
-                    if r.measured:
-                        cpu = f"server CPU {r.server_cpu:.0%}, wrk CPU {r.wrk_cpu:.0%}"
-                        if r.upstream_cpu is not None:
-                            cpu += f", upstream CPU {r.upstream_cpu:.0%}"
-                        print(
-                            f"{r.rate:,.0f} req/s, p99 {_fmt_p99(r)} ms, errors "
-                            f"{_fmt_errors(r)}; {cpu} ({r.wall_s:.1f} s)",
-                            flush=True,
-                        )
-                    else:
-                        print(f"FAILED ({r.wall_s:.1f} s)", flush=True)
-                    if r.note:
-                        print(f"    note: {r.note}")
-                    if r.error:
-                        for line in r.error.splitlines():
-                            print(f"    | {line}")
+            for app_name, server_name in pairs:
+                step += 1
+                label = f"[{step}/{total}] {app_name} on {server_name}"
+                why = unavailable[server_name]
+                if why:
+                    status = (
+                        "not installed" if server_name == "uwsgi" else "not available"
+                    )
+                    results[(server_name, app_name)] = PairResult(
+                        server_name, app_name, status, note=why
+                    )
+                    print(f"{label}: {status.upper()}: {why}", flush=True)
+                    continue
+                print(f"{label} ... ", end="", flush=True)
+                r = _run_pair_quietly(plan, server_name, app_name, args.retries)
+                results[(server_name, app_name)] = r
+                if r.measured:
+                    cpu = f"server CPU {r.server_cpu:.0%}, wrk CPU {r.wrk_cpu:.0%}"
+                    if r.upstream_cpu is not None:
+                        cpu += f", upstream CPU {r.upstream_cpu:.0%}"
+                    print(
+                        f"{r.rate:,.0f} req/s, p99 {_fmt_p99(r)} ms, errors "
+                        f"{_fmt_errors(r)}; {cpu} ({r.wall_s:.1f} s)",
+                        flush=True,
+                    )
+                else:
+                    print(f"FAILED ({r.wall_s:.1f} s)", flush=True)
+                if r.note:
+                    print(f"    note: {r.note}")
+                if r.error:
+                    for line in r.error.splitlines():
+                        print(f"    | {line}")
         except KeyboardInterrupt:
             print("\ninterrupted: stopping every process started", file=sys.stderr)
             _stop_all()
