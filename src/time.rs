@@ -142,6 +142,14 @@ impl TimerQueue {
             )));
         }
         let time = self.now(py)? + delay;
+        // The caller's stack, as Twisted's DelayedCall records it in debug
+        // mode (its `[:-2]` drops callLater and __init__, which are not
+        // Python frames here).
+        let creator = if debug_mode(py)? {
+            Some(api(py)?.format_stack.call0(py)?)
+        } else {
+            None
+        };
         let call = Py::new(
             py,
             DelayedCall {
@@ -154,6 +162,8 @@ impl TimerQueue {
                 cancelled: false,
                 gen: 0,
                 queue: Arc::downgrade(self),
+                creator,
+                frozen_repr: None,
             },
         )?;
         lock(&self.state).fresh.push(call.clone_ref(py));
@@ -337,6 +347,22 @@ pub struct DelayedCall {
     /// Bumped whenever the call is moved in the heap; see the module docs.
     gen: u32,
     queue: Weak<TimerQueue>,
+    /// In debug mode, the stack (a list of strings) that scheduled the call.
+    creator: Option<Py<PyAny>>,
+    /// In debug mode, the repr taken when the call was cancelled (before its
+    /// function and arguments were dropped), as Twisted's `_repr`.
+    frozen_repr: Option<String>,
+}
+
+/// Whether `twisted.internet.base.DelayedCall.debug` is set: the switch
+/// Twisted users flip to see where a pending call was made (trial's
+/// "dirty reactor" reports print it).
+fn debug_mode(py: Python<'_>) -> PyResult<bool> {
+    api(py)?
+        .delayed_call_class
+        .bind(py)
+        .getattr(pyo3::intern!(py, "debug"))?
+        .is_truthy()
 }
 
 impl DelayedCall {
@@ -441,10 +467,16 @@ impl DelayedCall {
         })
     }
 
-    /// Twisted records the creation stack here in debug mode; never here.
+    /// The stack that scheduled the call, in debug mode; else `None`.
     #[getter]
-    fn creator(&self) -> Option<Py<PyAny>> {
-        None
+    fn creator(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.creator.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// Twisted's class-wide switch (`base.DelayedCall.debug`).
+    #[getter]
+    fn debug(&self, py: Python<'_>) -> PyResult<bool> {
+        debug_mode(py)
     }
 
     /// The reactor's clock (`reactor.seconds`), as Twisted's `DelayedCall.seconds`.
@@ -461,12 +493,22 @@ impl DelayedCall {
         !(self.cancelled || self.called)
     }
 
-    fn cancel(mut slf: PyRefMut<'_, Self>) -> PyResult<()> {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        // The borrow is held throughout: nothing here calls back into Python
-        // code that could touch this call.
-        slf.check_pending(py)?;
-        slf.cancelled = true;
+        {
+            let mut c = slf.borrow_mut();
+            c.check_pending(py)?;
+            c.cancelled = true;
+        }
+        // Twisted takes the repr after marking the call cancelled and before
+        // dropping its function; a repr that fails leaves the live one.
+        let frozen = if debug_mode(py).unwrap_or(false) {
+            Self::__repr__(slf).ok()
+        } else {
+            None
+        };
+        let mut slf = slf.borrow_mut();
+        slf.frozen_repr = frozen;
         slf.func = None;
         slf.args = None;
         slf.kw = None;
@@ -540,6 +582,9 @@ impl DelayedCall {
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let py = slf.py();
         let this = slf.borrow();
+        if let Some(r) = &this.frozen_repr {
+            return Ok(r.clone());
+        }
         let now = this.now(py)?;
         let mut s = format!(
             "<DelayedCall 0x{:x} [{}s] called={} cancelled={}",
@@ -564,6 +609,15 @@ impl DelayedCall {
             s.push_str(&parts.join(", "));
             s.push(')');
         }
+        if let Some(creator) = this.creator.as_ref() {
+            let lines: Vec<String> = creator
+                .bind(py)
+                .try_iter()?
+                .map(|l| l.and_then(|l| l.extract::<String>()))
+                .collect::<PyResult<_>>()?;
+            s.push_str("\n\ntraceback at creation: \n\n");
+            s.push_str(&lines.join("    "));
+        }
         s.push('>');
         Ok(s)
     }
@@ -578,10 +632,14 @@ impl DelayedCall {
         if let Some(k) = &self.kw {
             visit.call(k)?;
         }
+        if let Some(c) = &self.creator {
+            visit.call(c)?;
+        }
         Ok(())
     }
 
     fn __clear__(&mut self) {
+        self.creator = None;
         self.func = None;
         self.args = None;
         self.kw = None;

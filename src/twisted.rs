@@ -21,6 +21,9 @@ pub struct Api {
     pub log_err: Py<PyAny>,
     pub context_tracker: Py<PyAny>,
     pub ilogcontext: Py<PyAny>,
+    /// `twisted.internet.base.DelayedCall`, whose `debug` flag ours honour.
+    pub delayed_call_class: Py<PyAny>,
+    pub format_stack: Py<PyAny>,
 }
 
 static API: PyOnceLock<Api> = PyOnceLock::new();
@@ -34,6 +37,8 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
         let hooks = py.import("twisted_shim._hooks")?;
         let context = py.import("twisted.python.context")?;
         let log = py.import("twisted.python.log")?;
+        let base = py.import("twisted.internet.base")?;
+        let traceback = py.import("traceback")?;
         Ok(Api {
             already_called: error.getattr("AlreadyCalled")?.unbind(),
             already_cancelled: error.getattr("AlreadyCancelled")?.unbind(),
@@ -44,6 +49,8 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
             log_err: hooks.getattr("log_err")?.unbind(),
             context_tracker: context.getattr("theContextTracker")?.unbind(),
             ilogcontext: log.getattr("ILogContext")?.unbind(),
+            delayed_call_class: base.getattr("DelayedCall")?.unbind(),
+            format_stack: traceback.getattr("format_stack")?.unbind(),
         })
     })
 }

@@ -448,6 +448,56 @@ def test_delayed_call_repr(reactor: RustReactor) -> None:
     assert "named(1, b='x')>" in text
 
 
+@pytest.fixture
+def delayed_call_debug() -> Iterator[None]:
+    from twisted.internet import base
+
+    base.DelayedCall.debug = True
+    try:
+        yield
+    finally:
+        base.DelayedCall.debug = False
+
+
+def _schedule_from_here(reactor: RustReactor) -> object:
+    return reactor.callLater(1, len, "abc")
+
+
+def test_delayed_call_debug_records_the_creator(
+    reactor: RustReactor, delayed_call_debug: None
+) -> None:
+    """
+    With Twisted's C{base.DelayedCall.debug} set, a call records the stack
+    that scheduled it, ending at the caller of C{callLater}, and its repr
+    shows it as Twisted's does.
+    """
+    dc = _schedule_from_here(reactor)
+    assert dc.debug
+    creator = dc.creator
+    assert isinstance(creator, list) and all(isinstance(f, str) for f in creator)
+    assert "in _schedule_from_here" in creator[-1]
+    assert 'reactor.callLater(1, len, "abc")' in creator[-1]
+    text = repr(dc)
+    assert "len('abc')\n\ntraceback at creation: \n\n" in text
+    assert "_schedule_from_here" in text
+    dc.cancel()
+    # Twisted keeps the repr taken at cancel time, function and all.
+    frozen = repr(dc)
+    assert "called=0 cancelled=1 len('abc')" in frozen
+    assert "_schedule_from_here" in frozen
+    assert repr(dc) == frozen
+    assert not dc.active()
+
+
+def test_delayed_call_without_debug_records_nothing(reactor: RustReactor) -> None:
+    dc = _schedule_from_here(reactor)
+    assert not dc.debug
+    assert dc.creator is None
+    assert "traceback at creation" not in repr(dc)
+    dc.cancel()
+    assert "cancelled=1" in repr(dc)
+
+
 # --- IReactorFDSet -----------------------------------------------------------
 
 
