@@ -97,6 +97,11 @@ def env(environ, start_response):
     )
 
 
+def remote(environ, start_response):
+    keys = ["REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme", "SERVER_PORT"]
+    return text(start_response, json.dumps({k: environ[k] for k in keys}))
+
+
 def slow(environ, start_response):
     # 0.2 s pause on the reactor thread: twisted_shim.wait + deferLater.
     delay = float(environ.get("QUERY_STRING") or 0.2)
@@ -214,6 +219,7 @@ ROUTES = {
     "/pid": pid,
     "/reactor": which_reactor,
     "/env": env,
+    "/remote": remote,
     "/slow": slow,
     "/block": block,
     "/stats": stats,
@@ -482,6 +488,7 @@ def get(
     path: str = "/pid",
     timeout: float = TIMEOUT,
     body: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """One request on a new connection (C{Connection: close}): status and body."""
     conn = connection(target, timeout)
@@ -490,7 +497,7 @@ def get(
             "POST" if body is not None else "GET",
             path,
             body=body,
-            headers={"Connection": "close"},
+            headers={"Connection": "close", **(headers or {})},
         )
         response = conn.getresponse()
         return response.status, response.read()
@@ -498,8 +505,10 @@ def get(
         conn.close()
 
 
-def get_json(target: str | int, path: str) -> Any:
-    status, body = get(target, path)
+def get_json(
+    target: str | int, path: str, headers: dict[str, str] | None = None
+) -> Any:
+    status, body = get(target, path, headers=headers)
     assert status == 200, (status, body)
     return json.loads(body)
 

@@ -568,3 +568,103 @@ def test_signal_during_startup(tmp_path: Path) -> None:
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=15) == 0
         assert wait_until(lambda: not any(alive(p) for p in children))
+
+
+# Reverse-proxy headers (--forwarded-allow-ips)
+
+PROXIED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_proxy_headers_from_loopback_are_believed_by_default(
+    serve: Servers, workers: str
+) -> None:
+    """
+    As gunicorn and uvicorn: a proxy on loopback sets the client address and
+    the scheme (in every worker).
+    """
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", workers)
+    for _ in range(int(workers) * 4):
+        seen = get_json(server.port, "/remote", PROXIED)
+        assert seen["REMOTE_ADDR"] == "203.0.113.7"
+        assert seen["REMOTE_PORT"] == "0"
+        assert seen["wsgi.url_scheme"] == "https"
+        assert seen["SERVER_PORT"] == str(server.port)
+    plain = get_json(server.port, "/remote")
+    assert plain["REMOTE_ADDR"] == "127.0.0.1"
+    assert plain["REMOTE_PORT"] != "0"
+    assert plain["wsgi.url_scheme"] == "http"
+
+
+@pytest.mark.parametrize("allow", ["", "10.0.0.0/8,192.0.2.1"])
+def test_proxy_headers_from_untrusted_peers_are_ignored(
+    serve: Servers, allow: str
+) -> None:
+    server = serve(
+        "cliapp:application", "--bind", "127.0.0.1:0", "--forwarded-allow-ips", allow
+    )
+    seen = get_json(server.port, "/remote", PROXIED)
+    assert seen["REMOTE_ADDR"] == "127.0.0.1"
+    assert seen["REMOTE_PORT"] != "0"
+    assert seen["wsgi.url_scheme"] == "http"
+
+
+def test_proxy_chain_and_bad_values(serve: Servers) -> None:
+    """
+    The client is the first untrusted hop from the right (a spoofed leftmost
+    entry is not believed); values that are not an address or a scheme we
+    serve leave the connection's own.
+    """
+    server = serve(
+        "cliapp:application",
+        "--bind",
+        "127.0.0.1:0",
+        "--forwarded-allow-ips",
+        "127.0.0.1, 10.0.0.0/8",
+    )
+    chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.2.3"}
+    assert get_json(server.port, "/remote", chain)["REMOTE_ADDR"] == "203.0.113.7"
+    for bad in ({"X-Forwarded-For": "unknown"}, {"X-Forwarded-Proto": "ftp"}):
+        seen = get_json(server.port, "/remote", bad)
+        assert seen["REMOTE_ADDR"] == "127.0.0.1"
+        assert seen["wsgi.url_scheme"] == "http"
+    v6 = get_json(server.port, "/remote", {"X-Forwarded-For": "[2001:db8::5]"})
+    assert v6["REMOTE_ADDR"] == "2001:db8::5"
+
+
+def test_proxy_headers_over_a_unix_socket(serve: Servers, tmp_path: Path) -> None:
+    """A UNIX-socket peer (nginx's usual link) is believed unless told otherwise."""
+    path = str(tmp_path / "proxy.sock")
+    server = serve("cliapp:application", "--uds", path)
+    seen = get_json(f"unix:{path}", "/remote", PROXIED)
+    assert seen["REMOTE_ADDR"] == "203.0.113.7"
+    assert seen["wsgi.url_scheme"] == "https"
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    path2 = str(tmp_path / "noproxy.sock")
+    server = serve("cliapp:application", "--uds", path2, "--forwarded-allow-ips", "")
+    seen = get_json(f"unix:{path2}", "/remote", PROXIED)
+    assert seen["wsgi.url_scheme"] == "http"
+    assert seen["REMOTE_ADDR"] != "203.0.113.7"
+
+
+def test_bad_forwarded_allow_ips(tmp_path: Path) -> None:
+    result = run(
+        ["cliapp:application", "--forwarded-allow-ips", "127.0.0.1,localhost"],
+        tmp_path,
+    )
+    assert_one_error_line(
+        result,
+        'argument --forwarded-allow-ips: invalid forwarded-allow-ips entry "localhost": '
+        "expected an IP address, a network such as 10.0.0.0/8, or *",
+    )
+
+
+def test_server_config_rejects_bad_forwarded_allow_ips() -> None:
+    """The Python API names the bad entry too (no server is started)."""
+    from twisted_shim.reactor import RustReactor
+    from twisted_shim.wsgi import ServerConfig, WSGIServer
+
+    config = ServerConfig(forwarded_allow_ips=("::1", "10.0.0.0/40"))
+    with pytest.raises(ValueError, match=r'entry "10\.0\.0\.0/40"'):
+        WSGIServer(lambda environ, start_response: [], config, RustReactor())

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from twisted_shim import __version__
+from twisted_shim import __version__, _core
 from twisted_shim.wsgi.workers import (
     ServeOptions,
     StartupError,
@@ -59,6 +59,15 @@ def _number(
 
     convert.__name__ = what
     return convert
+
+
+def _forwarded_allow_ips(text: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    try:
+        _core.check_forwarded_allow_ips(list(entries))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return entries
 
 
 def _bind(text: str) -> TCPAddress:
@@ -179,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen backlog (default 1024)",
     )
     s.add_argument(
+        "--forwarded-allow-ips",
+        type=_forwarded_allow_ips,
+        default=("127.0.0.1", "::1"),
+        metavar="IPS",
+        help="comma-separated addresses or networks (or *) of reverse proxies "
+        "whose X-Forwarded-For and X-Forwarded-Proto set REMOTE_ADDR and "
+        "wsgi.url_scheme; UNIX-socket peers too unless empty "
+        "(default 127.0.0.1,::1; '' to believe no one)",
+    )
+    s.add_argument(
         "--log-level",
         choices=["debug", "info", "warn", "error", "critical"],
         default="warn",
@@ -208,6 +227,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
         grace=float(args.grace),
         backlog=int(args.backlog),
         log_level=str(args.log_level),
+        forwarded_allow_ips=tuple(args.forwarded_allow_ips),
     )
 
 

@@ -7,13 +7,15 @@
 //! - [`conn`]: one connection: reading, framing requests, timeouts,
 //!   keep-alive and pipelining, closing;
 //! - [`server`]: the Python-facing `HttpServer`: listeners, the connection
-//!   table, the timeout sweep, graceful shutdown.
+//!   table, the timeout sweep, graceful shutdown;
+//! - [`forwarded`]: which peers' `X-Forwarded-For`/`-Proto` are believed.
 //!
 //! Connections are native handlers of the loop ([`crate::fdset::NativeHandler`]):
 //! no Python transport or protocol object is involved until the application
 //! is called (see [`crate::wsgi`]).
 
 pub mod conn;
+pub mod forwarded;
 pub mod parse;
 pub mod server;
 pub mod write;

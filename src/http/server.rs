@@ -19,6 +19,7 @@ use slab::Slab;
 use crate::event_loop::Loop;
 use crate::fdset::{NativeHandler, Readiness, Token};
 use crate::http::conn::{Conn, Peer};
+use crate::http::forwarded::TrustedProxies;
 use crate::time::lock;
 use crate::twisted::log_failure;
 
@@ -38,6 +39,8 @@ pub struct Config {
     pub multithread: bool,
     pub multiprocess: bool,
     pub pause_keys: bool,
+    /// Peers whose proxy headers are believed (`--forwarded-allow-ips`).
+    pub proxies: TrustedProxies,
 }
 
 /// What every connection of one server shares.
@@ -278,7 +281,7 @@ impl HttpServer {
         loop_, app, reactor, *, max_header, max_body, header_timeout, keepalive_timeout,
         send_timeout,
         max_pause, high_water, access_log, url_scheme, multithread, pause_keys, errors, waiter,
-        multiprocess=false
+        multiprocess=false, forwarded_allow_ips=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -299,7 +302,9 @@ impl HttpServer {
         errors: Py<PyAny>,
         waiter: Py<PyAny>,
         multiprocess: bool,
+        forwarded_allow_ips: Vec<String>,
     ) -> PyResult<Self> {
+        let proxies = TrustedProxies::parse(&forwarded_allow_ips).map_err(PyValueError::new_err)?;
         if max_header < 64 {
             return Err(PyValueError::new_err(
                 "max_header must be at least 64 bytes",
@@ -329,6 +334,7 @@ impl HttpServer {
                     multithread,
                     multiprocess,
                     pause_keys,
+                    proxies,
                 },
                 loop_,
                 reactor,
@@ -419,7 +425,17 @@ impl HttpServer {
     }
 }
 
+/// Check `--forwarded-allow-ips` entries as `HttpServer` will read them;
+/// raises `ValueError` naming the first bad one.
+#[pyfunction]
+fn check_forwarded_allow_ips(entries: Vec<String>) -> PyResult<()> {
+    TrustedProxies::parse(&entries)
+        .map(|_| ())
+        .map_err(PyValueError::new_err)
+}
+
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<HttpServer>()?;
+    m.add_function(wrap_pyfunction!(check_forwarded_allow_ips, m)?)?;
     Ok(())
 }

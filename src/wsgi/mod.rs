@@ -19,6 +19,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::http::conn::Conn;
+use crate::http::forwarded;
 use crate::http::parse::{percent_decode, split_target, Head, Reject};
 use crate::http::server::Shared;
 use crate::wsgi::request::Request;
@@ -89,6 +90,11 @@ pub fn build_environ<'py>(
     )?;
     let mut host_header: Option<Vec<u8>> = None;
     let mut content_length_seen = false;
+    // Proxy headers, all occurrences, read only from a trusted peer.
+    let proxies = &shared.cfg.proxies;
+    let trusted = !proxies.is_empty() && proxies.trusts_peer(conn.unix, &conn.peer.host);
+    let mut forwarded_for: Option<String> = None;
+    let mut forwarded_proto: Option<String> = None;
     for (name, value) in head.headers.iter() {
         if name.eq_ignore_ascii_case("content-type") {
             env.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, value))?;
@@ -100,6 +106,25 @@ pub fn build_environ<'py>(
         }
         if name.eq_ignore_ascii_case("host") {
             host_header = Some(value.clone());
+        }
+        if trusted {
+            let slot = if name.eq_ignore_ascii_case("x-forwarded-for") {
+                Some(&mut forwarded_for)
+            } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                Some(&mut forwarded_proto)
+            } else {
+                None
+            };
+            if let Some(slot) = slot {
+                let v = String::from_utf8_lossy(value);
+                match slot {
+                    Some(prev) => {
+                        prev.push(',');
+                        prev.push_str(&v);
+                    }
+                    None => *slot = Some(v.into_owned()),
+                }
+            }
         }
         let Some(key) = cgi_name(name) else { continue };
         let value = latin1(py, value);
@@ -115,14 +140,14 @@ pub fn build_environ<'py>(
     if content_length_seen || !body.is_empty() {
         env.set_item(intern!(py, "CONTENT_LENGTH"), body.len().to_string())?;
     }
+    let scheme = forwarded_proto
+        .as_deref()
+        .and_then(forwarded::scheme)
+        .unwrap_or(&shared.cfg.url_scheme);
     // SERVER_NAME/SERVER_PORT: the address the request came in on; for a
     // UNIX socket, the Host header (or localhost) and the scheme's port.
     let (server_name, server_port) = if conn.unix || conn.local.host.is_empty() {
-        let default_port = if shared.cfg.url_scheme == "https" {
-            "443"
-        } else {
-            "80"
-        };
+        let default_port = if scheme == "https" { "443" } else { "80" };
         match host_header
             .as_deref()
             .map(|h| String::from_utf8_lossy(h).into_owned())
@@ -140,17 +165,22 @@ pub fn build_environ<'py>(
     };
     env.set_item(intern!(py, "SERVER_NAME"), server_name)?;
     env.set_item(intern!(py, "SERVER_PORT"), server_port)?;
-    env.set_item(
-        intern!(py, "REMOTE_ADDR"),
-        PyString::new(py, &conn.peer.host),
-    )?;
-    env.set_item(intern!(py, "REMOTE_PORT"), conn.peer.port.to_string())?;
+    match forwarded_for.as_deref().and_then(|v| proxies.client(v)) {
+        Some(client) => {
+            env.set_item(intern!(py, "REMOTE_ADDR"), client)?;
+            env.set_item(intern!(py, "REMOTE_PORT"), intern!(py, "0"))?;
+        }
+        None => {
+            env.set_item(
+                intern!(py, "REMOTE_ADDR"),
+                PyString::new(py, &conn.peer.host),
+            )?;
+            env.set_item(intern!(py, "REMOTE_PORT"), conn.peer.port.to_string())?;
+        }
+    }
 
     env.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
-    env.set_item(
-        intern!(py, "wsgi.url_scheme"),
-        PyString::new(py, &shared.cfg.url_scheme),
-    )?;
+    env.set_item(intern!(py, "wsgi.url_scheme"), PyString::new(py, scheme))?;
     let bytes_io = BYTES_IO.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py.import("io")?.getattr("BytesIO")?.unbind())
     })?;

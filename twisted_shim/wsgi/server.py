@@ -53,6 +53,12 @@ class ServerConfig:
     @ivar multiprocess: C{wsgi.multiprocess} (C{True} with several workers).
     @ivar pause_keys: Whether environ gets the pause_output keys (C{False}
         in thread-pool mode, where a thread may simply block).
+    @ivar forwarded_allow_ips: Peers (addresses, CIDR networks, or C{"*"})
+        whose C{X-Forwarded-For} and C{X-Forwarded-Proto} set C{REMOTE_ADDR}
+        and C{wsgi.url_scheme}, as behind a reverse proxy; peers on a UNIX
+        socket are always believed when this is not empty. Empty: the headers
+        are never believed. The default, loopback, is gunicorn's and
+        uvicorn's.
     """
 
     max_header: int = 64 * 1024
@@ -67,6 +73,7 @@ class ServerConfig:
     multithread: bool = False
     multiprocess: bool = False
     pause_keys: bool = True
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 class WSGIServer:
@@ -112,6 +119,7 @@ class WSGIServer:
             multithread=c.multithread,
             multiprocess=c.multiprocess,
             pause_keys=c.pause_keys,
+            forwarded_allow_ips=list(c.forwarded_allow_ips),
             errors=ErrorStream(),
             waiter=Waiter,
         )

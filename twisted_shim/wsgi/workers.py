@@ -118,6 +118,7 @@ class ServeOptions:
     grace: float = 30.0
     backlog: int = 1024
     log_level: str = "warn"
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 def _bracket(host: str) -> str:
@@ -430,6 +431,7 @@ class _Runner:
             # request on the reactor thread and strips them from the environ
             # the application sees.
             pause_keys=True,
+            forwarded_allow_ips=options.forwarded_allow_ips,
         )
         self.server: WSGIServer = WSGIServer(app, config, reactor)
         # A signal from now on stops the server gracefully once the reactor
