@@ -638,6 +638,20 @@ def test_headers_over_limit_431(limited: Server) -> None:
     assert get(limited.port, "/hello").body == b"hello\n"
 
 
+def test_empty_line_flood_431(limited: Server) -> None:
+    """
+    Empty lines before a request line are allowed, but they count against
+    --max-header: a client sending nothing else is answered 431 and closed,
+    not buffered forever.
+    """
+    _expect_status_and_close(limited.port, b"\r\n" * 5000, (431,))
+    # A few are fine.
+    raw = b"\r\n\r\n" + build_request("GET", "/hello")
+    resp, reader = exchange(limited.port, raw)
+    assert (resp.status, resp.body) == (200, b"hello\n")
+    reader.sock.close()
+
+
 def test_many_headers_over_limit_431(limited: Server) -> None:
     """Many small headers adding up past --max-header: 431."""
     raw = build_request(

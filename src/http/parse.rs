@@ -125,7 +125,9 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Reject> {
     };
     let len = match status {
         httparse::Status::Partial => {
-            if buf.len() > max_head {
+            // The empty lines count: a client sending nothing else must not
+            // make the buffer grow without bound.
+            if skip + buf.len() > max_head {
                 return Err(Reject::HeadTooLarge);
             }
             // A bare LF in what we have is already fatal; say so now rather
@@ -135,7 +137,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Reject> {
         }
         httparse::Status::Complete(n) => n,
     };
-    if len > max_head {
+    if skip + len > max_head {
         return Err(Reject::HeadTooLarge);
     }
     check_line_ends(&buf[..len])?;
@@ -590,5 +592,174 @@ mod tests {
         assert_eq!(split_target("http://h").unwrap(), ("/", ""));
         assert!(split_target("x").is_err());
         assert_eq!(percent_decode(b"/a%20b%zz%4"), b"/a b%zz%4");
+    }
+
+    #[test]
+    fn empty_lines_count_against_the_head_limit() {
+        // Only CRLFs: the buffer must not be allowed to grow forever.
+        let flood = b"\r\n".repeat(40_000);
+        assert_eq!(parse_head(&flood, 65536).unwrap_err(), Reject::HeadTooLarge);
+        assert!(parse_head(&flood[..1000], 65536).unwrap().is_none());
+        // A few empty lines before a request are still fine (RFC 9112 §2.2).
+        let h = head("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.len, 4 + 27);
+        // Empty lines plus a head that fits alone but not together: 431.
+        let mut raw = b"\r\n".repeat(100);
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse_head(&raw, 200).unwrap_err(), Reject::HeadTooLarge);
+    }
+
+    /// A small deterministic generator (xorshift64*), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const REQUESTS: &[&str] = &[
+        "GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "\r\nPOST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+        "PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n5;ext=1\r\nhello\r\n0\r\nT: v\r\n\r\n",
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Obs: caf\u{e9}\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://h:1/x?y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ];
+
+    fn latin1_bytes(s: &str) -> Vec<u8> {
+        s.chars().map(|c| c as u32 as u8).collect()
+    }
+
+    #[test]
+    fn a_head_parses_the_same_however_it_arrives() {
+        for raw in REQUESTS.iter().map(|r| latin1_bytes(r)) {
+            let whole = parse_head(&raw, 65536).unwrap().unwrap();
+            for cut in 0..whole.len {
+                assert!(
+                    parse_head(&raw[..cut], 65536).unwrap().is_none(),
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(&raw)
+                );
+            }
+            for cut in whole.len..=raw.len() {
+                let h = parse_head(&raw[..cut], 65536).unwrap().unwrap();
+                assert_eq!(
+                    (&h.method, &h.target, h.minor, &h.headers, h.body, h.len),
+                    (
+                        &whole.method,
+                        &whole.target,
+                        whole.minor,
+                        &whole.headers,
+                        whole.body,
+                        whole.len
+                    )
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mangled_heads_are_answered_never_panic() {
+        // Bytes that matter to a parser, and some that should never appear.
+        const NASTY: &[u8] = b"\r\n :\t\0\x7f\xff,;=?#/%0aZ\"";
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut accepted = 0;
+        for i in 0..60_000 {
+            let mut raw = latin1_bytes(REQUESTS[i % REQUESTS.len()]);
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(raw.len() + 1);
+                let b = NASTY[rng.below(NASTY.len())];
+                match rng.below(4) {
+                    0 if at < raw.len() => raw[at] = b,
+                    1 => raw.insert(at, b),
+                    2 if at < raw.len() => {
+                        raw.remove(at);
+                    }
+                    _ => raw.truncate(at),
+                }
+            }
+            let limit = [64, 512, 65536][rng.below(3)];
+            match parse_head(&raw, limit) {
+                Ok(None) => assert!(raw.len() <= limit, "{raw:?} waits past the limit"),
+                Ok(Some(h)) => {
+                    accepted += 1;
+                    assert!(h.len <= raw.len() && h.len <= limit);
+                    assert!(!h.method.is_empty() && !h.target.is_empty());
+                    assert!(h.minor <= 1);
+                    // What was accepted has no bare LF and no stray CR.
+                    let head_bytes = &raw[..h.len];
+                    check_line_ends(head_bytes).unwrap();
+                    split_target(&h.target).unwrap();
+                }
+                Err(r) => assert!(
+                    [
+                        "400 Bad Request",
+                        "413 Content Too Large",
+                        "431 Request Header Fields Too Large",
+                        "501 Not Implemented",
+                        "505 HTTP Version Not Supported"
+                    ]
+                    .contains(&r.status()),
+                    "{r:?}"
+                ),
+            }
+        }
+        // The mutations leave some requests valid: the accepting path ran too.
+        assert!(accepted > 1000, "{accepted}");
+    }
+
+    fn decode_all(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), Reject> {
+        // As the connection does: unconsumed bytes wait for the next piece.
+        let mut dec = ChunkedDecoder::default();
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            pending.extend_from_slice(piece);
+            let n = dec.decode(&pending, &mut out, 1 << 20)?;
+            pending.drain(..n);
+            if dec.is_done() {
+                break;
+            }
+        }
+        Ok((out, dec.is_done()))
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_the_same_in_any_pieces() {
+        let body: &[u8] =
+            b"4\r\nWiki\r\n5;name=val\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
+        let (whole, done) = decode_all(&[body]).unwrap();
+        assert!(done);
+        assert_eq!(whole, b"Wikipedia in\r\n\r\nchunks.");
+        let mut rng = Rng(42);
+        for _ in 0..5_000 {
+            let mut cuts: Vec<usize> = (0..rng.below(8)).map(|_| rng.below(body.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                pieces.push(&body[start..c]);
+                start = c;
+            }
+            assert_eq!(decode_all(&pieces).unwrap(), (whole.clone(), true));
+        }
+        // Mangled bodies: an error or less output, never a panic or more.
+        for _ in 0..20_000 {
+            let mut raw = body.to_vec();
+            let at = rng.below(raw.len());
+            raw[at] = b"\r\n;0fFzx \t"[rng.below(10)];
+            if let Ok((out, _)) = decode_all(&[&raw]) {
+                assert!(out.len() <= whole.len() + 16, "{out:?}");
+            }
+        }
     }
 }
