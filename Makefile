@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all venv build run test test-rust test-python services conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
+.PHONY: all venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
 
 all: build
 
@@ -44,6 +44,10 @@ services:
 
 test-python: build services
 	$(BIN)/python -m pytest -q tests
+
+# The core suites on every other CPython 3.11+ found on PATH (not in `test`).
+test-pythons: build
+	bash scripts/test_pythons.sh
 
 # Twisted's ReactorBuilder suites, on rust and epoll side by side.
 conformance: build

@@ -187,6 +187,17 @@ class Server:
         """Open descriptors of the server process."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fds(self) -> dict[str, str]:
+        """Open descriptors of the server process and what they name (for
+        assertion messages: which descriptor was left behind)."""
+        out = {}
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                out[fd] = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                pass
+        return out
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
