@@ -183,6 +183,36 @@ def test_chunked_request_body_extensions_and_trailers(server: Server) -> None:
     reader.sock.close()
 
 
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        # 20 one-byte chunks, each with a 1 KiB extension: over 16 KiB of
+        # extensions for 20 bytes of body.
+        (b"".join(b"1;e=" + b"x" * 1000 + b"\r\na\r\n" for _ in range(20)), 400),
+        # 2,000 short trailer fields: over the 64 KiB trailer section cap.
+        (
+            b"1\r\na\r\n0\r\n"
+            + b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 40) for i in range(2000))
+            + b"\r\n",
+            431,
+        ),
+    ],
+    ids=["extensions", "trailers"],
+)
+def test_chunk_framing_overhead_is_bounded(
+    server: Server, framing: bytes, status: int
+) -> None:
+    """
+    Extensions and trailers are read and dropped, but not without limit: a
+    small body wrapped in megabytes of framing is refused, not consumed.
+    """
+    raw = (
+        build_request("POST", "/echo", headers=[("Transfer-Encoding", "chunked")])
+        + framing
+    )
+    _expect_status_and_close(server.port, raw, (status,))
+
+
 def test_large_chunked_request_body(server: Server) -> None:
     """1 MiB in 64 KiB chunks arrives byte-exact; CONTENT_LENGTH is not the
     chunk framing."""

@@ -273,12 +273,24 @@ fn parse_length(value: &[u8]) -> Result<u64, Reject> {
     Ok(n)
 }
 
+/// Chunk extensions a request may carry in all (they are read and
+/// dropped): without a cap, one-byte chunks with long extensions would make
+/// a body of `--max-body` cost thousands of times that in input.
+pub const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+/// Trailer section size a request may send (read and dropped); beyond it,
+/// 431 as for a head.
+pub const MAX_TRAILERS: usize = 64 * 1024;
+
 /// Incremental decoder of a chunked body.
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
     /// Decoded body size so far.
     pub total: u64,
+    /// Bytes of chunk extensions seen so far.
+    extensions: usize,
+    /// Bytes of trailer section seen so far.
+    trailers: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +341,11 @@ impl ChunkedDecoder {
                         Ok(httparse::Status::Complete((n, size))) if n == line_end + 2 => size,
                         _ => return Err(Reject::BadRequest("invalid chunk size")),
                     };
+                    let digits = rest.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                    self.extensions += line_end - digits;
+                    if self.extensions > MAX_CHUNK_EXTENSIONS {
+                        return Err(Reject::BadRequest("chunk extensions too long"));
+                    }
                     pos += line_end + 2;
                     if size == 0 {
                         self.state = ChunkState::Trailers;
@@ -380,6 +397,10 @@ impl ChunkedDecoder {
                     };
                     if rest[..line_end].contains(&b'\n') {
                         return Err(Reject::BadRequest("bare LF in trailers"));
+                    }
+                    self.trailers += line_end + 2;
+                    if self.trailers > MAX_TRAILERS {
+                        return Err(Reject::HeadTooLarge);
                     }
                     pos += line_end + 2;
                     if line_end == 0 {
@@ -761,5 +782,32 @@ mod tests {
                 assert!(out.len() <= whole.len() + 16, "{out:?}");
             }
         }
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_are_bounded() {
+        // One-byte chunks with 1 KiB extensions: fine for a while, then 400.
+        let ext = "x".repeat(1000);
+        let mut body = Vec::new();
+        for _ in 0..10 {
+            body.extend_from_slice(format!("1;e={ext}\r\na\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(decode_all(&[&body]).unwrap(), (b"a".repeat(10), true));
+        let mut long = Vec::new();
+        for _ in 0..20 {
+            long.extend_from_slice(format!("1;e={ext}\r\na\r\n").as_bytes());
+        }
+        assert_eq!(
+            decode_all(&[&long]).unwrap_err(),
+            Reject::BadRequest("chunk extensions too long")
+        );
+        // Trailer lines, each short, adding up past the cap: 431.
+        let mut t = b"1\r\na\r\n0\r\n".to_vec();
+        for i in 0..2000 {
+            t.extend_from_slice(format!("X-T{i}: {}\r\n", "v".repeat(40)).as_bytes());
+        }
+        t.extend_from_slice(b"\r\n");
+        assert_eq!(decode_all(&[&t]).unwrap_err(), Reject::HeadTooLarge);
     }
 }
