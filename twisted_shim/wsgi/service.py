@@ -1,0 +1,114 @@
+"""
+The WSGI host as a Twisted service.
+
+L{WSGIService} is an C{IService}: it listens when started and shuts down
+gracefully when stopped (its C{stopService} Deferred fires once the requests
+in flight, paused ones included, have finished or the grace period is over),
+so the host can run under C{twist}/C{twistd} (C{twisted_shim.wsgi.tap}, the
+C{shim-wsgi} plugin) or next to other services in one Twisted application:
+
+    from twisted.application.service import Application
+    from twisted_shim.wsgi.service import WSGIService
+
+    application = Application("web")
+    WSGIService(app, binds=["127.0.0.1:8080"]).setServiceParent(application)
+
+It needs twisted_shim's reactor (the host's connections are native handlers
+of its loop).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+
+from twisted_shim.wsgi.server import ServerConfig, WSGIApplication, WSGIServer
+from twisted_shim.wsgi.workers import open_tcp, open_unix, parse_bind
+
+
+class WSGIService(service.Service):
+    """
+    Serve C{app} on C{binds} (C{HOST:PORT}) and C{uds} (UNIX socket paths).
+
+    @ivar server: The running L{WSGIServer}, or C{None} when stopped.
+    @ivar addresses: What the service listens on, once started: C{(host,
+        port)} tuples for TCP (the real port when 0 was asked for) and paths.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        binds: Sequence[str] = (),
+        uds: Sequence[str] = (),
+        config: ServerConfig | None = None,
+        grace: float = 30.0,
+        backlog: int = 1024,
+        reactor: Any = None,
+    ) -> None:
+        self.app = app
+        self.binds = [parse_bind(b) for b in binds]
+        self.uds = list(uds)
+        self.config = config
+        self.grace = grace
+        self.backlog = backlog
+        self._reactor = reactor
+        self.server: WSGIServer | None = None
+        self.addresses: list[tuple[str, int] | str] = []
+        self._paths: list[str] = []
+
+    def startService(self) -> None:
+        """
+        Listen on every address.
+
+        @raise twisted_shim.wsgi.workers.StartupError: an address is unusable
+            (nothing is left listening then).
+        @raise TypeError: the reactor is not twisted_shim's.
+        """
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        server = WSGIServer(self.app, self.config, reactor)
+        sockets: list[socket.socket] = []
+        try:
+            for address in self.binds:
+                sockets.append(open_tcp(address, self.backlog))
+            for path in self.uds:
+                sockets.append(open_unix(path, self.backlog))
+                self._paths.append(path)
+        except Exception:
+            for sock in sockets:
+                sock.close()
+            self._remove_socket_files()
+            server.abort()
+            raise
+        self.addresses = []
+        for sock in sockets:
+            name = sock.getsockname()
+            self.addresses.append(name if isinstance(name, str) else name[:2])
+            server.listen(sock)
+        self.server = server
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, let requests in flight finish within C{grace}."""
+        super().stopService()
+        server, self.server = self.server, None
+        if server is None:
+            return succeed(None)
+        d = server.shutdown(self.grace)
+        self._remove_socket_files()
+        return d
+
+    def _remove_socket_files(self) -> None:
+        for path in self._paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._paths.clear()
