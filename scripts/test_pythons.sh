@@ -36,7 +36,7 @@ for minor in 11 12 13 14; do
     VIRTUAL_ENV="$PWD/$venv" PATH="$PWD/$venv/bin:$PATH" "$venv/bin/maturin" develop --release -q
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_reactor.py \
         tests/test_http_protocol.py tests/test_pep3333.py tests/test_pause_output.py \
-        tests/test_cli.py tests/test_threaded.py
+        tests/test_cli.py tests/test_threaded.py tests/test_twist_plugin.py
     "$venv/bin/python" -m conformance.run_builders
     tested+=("$version")
 done
