@@ -184,3 +184,15 @@ def test_service_refuses_another_reactor() -> None:
     with pytest.raises(TypeError, match="twisted_shim's reactor"):
         svc.startService()
     assert not svc.running
+
+
+def test_service_leaves_a_socket_file_that_is_not_its_own(tmp_path: Path) -> None:
+    """If another server took the path meanwhile, stopping does not unlink it."""
+    path = str(tmp_path / "shared.sock")
+    svc = WSGIService(lambda e, s: [], uds=[path], reactor=RustReactor())
+    svc.startService()
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        svc.stopService()
+        assert os.path.exists(path)

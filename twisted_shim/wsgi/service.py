@@ -28,7 +28,13 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 
 from twisted_shim.wsgi.server import ServerConfig, WSGIApplication, WSGIServer
-from twisted_shim.wsgi.workers import open_tcp, open_unix, parse_bind
+from twisted_shim.wsgi.workers import (
+    _lstat,
+    _unlink_socket,
+    open_tcp,
+    open_unix,
+    parse_bind,
+)
 
 
 class WSGIService(service.Service):
@@ -60,7 +66,9 @@ class WSGIService(service.Service):
         self._reactor = reactor
         self.server: WSGIServer | None = None
         self.addresses: list[tuple[str, int] | str] = []
-        self._paths: list[str] = []
+        # The socket files made, with what they were, so that stopping removes
+        # only a file that is still ours.
+        self._made: list[tuple[str, os.stat_result | None]] = []
 
     def startService(self) -> None:
         """
@@ -80,7 +88,7 @@ class WSGIService(service.Service):
                 sockets.append(open_tcp(address, self.backlog))
             for path in self.uds:
                 sockets.append(open_unix(path, self.backlog))
-                self._paths.append(path)
+                self._made.append((path, _lstat(path)))
         except Exception:
             for sock in sockets:
                 sock.close()
@@ -106,9 +114,6 @@ class WSGIService(service.Service):
         return d
 
     def _remove_socket_files(self) -> None:
-        for path in self._paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self._paths.clear()
+        for path, made in self._made:
+            _unlink_socket(path, made)
+        self._made.clear()
