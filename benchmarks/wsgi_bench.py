@@ -24,6 +24,12 @@ Servers (one process serving requests each)
     C{python -m twisted_shim serve wsgi_apps:APP --bind 127.0.0.1:PORT
     --workers 1 --threads 0}: the Rust HTTP/1.1 host on twisted-shim's
     reactor, the application on the reactor thread (no thread pool).
+``twisted-shim-threads``
+    The same with C{--threads N} (N = gunicorn gthread's, 32 by default):
+    thread-pool mode for blocking applications; the application runs in the
+    pool (no pause keys in its environ, so the upstream app blocks in
+    C{http.client} as on the thread servers) and its output streams back
+    through the loop.
 ``granian``
     C{granian --interface wsgi --workers 1}, everything else default: the
     WSGI calls run on Granian's default blocking-thread pool, which for WSGI
@@ -562,6 +568,14 @@ def _shim_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
     ]
 
 
+def _shim_threads_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
+    return [
+        _project_python(),
+        *f"-m twisted_shim serve wsgi_apps:{app} --bind {HOST}:{port}".split(),
+        *f"--workers 1 --threads {ctx.gthread_threads}".split(),
+    ]
+
+
 def _granian_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
     return [
         _bench_bin("granian"),
@@ -615,6 +629,15 @@ SERVERS: dict[str, Server] = {
             "twisted-shim",
             lambda c: "--workers 1 --threads 0: the app runs on the reactor thread",
             _shim_cmd,
+            _shim_unavailable,
+        ),
+        Server(
+            "twisted-shim-threads",
+            lambda c: (
+                f"--workers 1 --threads {c.gthread_threads}: thread-pool mode "
+                "(as gunicorn gthread), blocking calls in the pool"
+            ),
+            _shim_threads_cmd,
             _shim_unavailable,
         ),
         Server(
