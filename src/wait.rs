@@ -100,12 +100,21 @@ impl Waker {
         Ok(())
     }
 
-    /// Called when a wait reported the eventfd: rearm the flag, then empty
-    /// the counter. A wake-up racing with this either sees the flag clear and
-    /// writes again, or wrote before the read and was consumed by it while
-    /// its work is already queued for the iteration that follows.
+    /// Called when a wait reported the eventfd: empty the counter, then
+    /// rearm the flag (in that order, as `polling` does). A wake-up between
+    /// the two finds the flag still set and writes nothing, but its work was
+    /// queued before it and the loop looks at its queues before it waits
+    /// again. The other order loses wake-ups: one that sets the flag after
+    /// it was cleared and writes before the read has its write consumed and
+    /// leaves the flag set with the counter empty, so every later wake-up
+    /// is skipped and the loop sleeps until a timeout.
     fn drain(&self) {
-        self.pending.store(false, Ordering::Release);
+        self.drain_with(|| {});
+    }
+
+    /// `drain`, running `between` after the read and before the flag is
+    /// rearmed (where a racing wake-up lands; tests use it).
+    fn drain_with(&self, between: impl FnOnce()) {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a u64 we own from our eventfd; EAGAIN
         // (already empty) leaves it untouched.
@@ -116,6 +125,8 @@ impl Waker {
                 std::mem::size_of::<u64>(),
             )
         };
+        between();
+        self.pending.store(false, Ordering::Release);
     }
 }
 
@@ -276,5 +287,21 @@ mod tests {
         assert!(!out.readable && out.writable);
         let inp = readiness(libc::EPOLLIN as u32);
         assert!(inp.readable && !inp.writable && !inp.hangup);
+    }
+
+    #[test]
+    fn a_wake_racing_with_the_drain_is_not_lost() {
+        // Another thread wakes the loop while it drains the eventfd: after
+        // the drain, the next wake-up must still reach the eventfd (with the
+        // flag rearmed before the read, the racing write was consumed and the
+        // flag left set, and every later wake-up was skipped: the loop slept
+        // until a timeout; thread-pool mode showed it as 1 s stalls).
+        let waker = Waker::new().unwrap();
+        waker.wake().unwrap();
+        waker.drain_with(|| waker.wake().unwrap());
+        assert!(!waker.pending.load(Ordering::SeqCst));
+        waker.wake().unwrap();
+        let now = crate::fdset::readiness_now(waker.fd.as_raw_fd()).unwrap();
+        assert!(now.readable, "the wake-up after a racing one was lost");
     }
 }
