@@ -54,6 +54,7 @@ NOT_CALLABLE = 42
 lock = threading.Lock()
 active = 0
 max_active = 0
+started = 0  # calls of block()
 closes = []  # (name, thread name) per close() of a stream iterable
 produced = {"bytes": 0}
 
@@ -118,8 +119,9 @@ def slow(environ, start_response):
 
 def block(environ, start_response):
     # A blocking application (thread-pool mode): counts simultaneous calls.
-    global active, max_active
+    global active, max_active, started
     with lock:
+        started += 1
         active += 1
         max_active = max(max_active, active)
     try:
@@ -135,6 +137,7 @@ def stats(environ, start_response):
         data = {
             "max_active": max_active,
             "active": active,
+            "started": started,
             "closes": list(closes),
             "produced": produced["bytes"],
         }

@@ -120,6 +120,50 @@ def test_request_body(threaded: Served) -> None:
     assert get(threaded.port, "/echo", body=body) == (200, body)
 
 
+def _unread_by_server(server_port: int, client_port: int) -> int | None:
+    """Bytes of a loopback connection the server has not read yet (from
+    /proc/net/tcp), or C{None} if the connection is not listed."""
+    local = f"0100007F:{server_port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[1] == local and parts[2] == remote:
+                return int(parts[4].split(":")[1], 16)
+    return None
+
+
+def test_request_abandoned_before_a_thread_is_free_is_not_run(
+    threaded: Served,
+) -> None:
+    """
+    Requests whose clients left while they waited for a pool thread are
+    dropped, not run: a blocking application would otherwise spend the pool
+    on work nobody reads, and clients that time out and retry would pile it
+    up. Counted by the application. Ordering, not timing: each blocker's
+    request has been read by the server (so handed to the FIFO pool) before
+    the next request is sent, and the last request runs after the abandoned
+    ones would have.
+    """
+    blockers = []
+    for _ in range(4):  # every thread busy for a second
+        sock = socket.create_connection(("127.0.0.1", threaded.port), timeout=TIMEOUT)
+        sock.sendall(b"GET /block?1.0 HTTP/1.1\r\nHost: test\r\n\r\n")
+        port = sock.getsockname()[1]
+        wait_until(lambda p=port: _unread_by_server(threaded.port, p) == 0)
+        blockers.append(sock)
+    for _ in range(6):
+        sock = socket.create_connection(("127.0.0.1", threaded.port), timeout=TIMEOUT)
+        sock.sendall(b"GET /block?0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
+        sock.close()
+    for sock in blockers:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.close()
+    assert get(threaded.port, "/block?0.01") == (200, b"blocked")
+    assert get_json(threaded.port, "/stats")["started"] == 5
+
+
 def test_disconnect_closes_iterable(threaded: Served) -> None:
     """
     A client that goes away mid-stream: the iterable's close() is called

@@ -20,7 +20,8 @@ needs nothing special, and:
     while the client's connection is backed up);
   - the iterable's C{close()} is called in the thread, exactly once, also
     when the client disconnects (the host closes the reactor-side generator
-    and the thread stops pulling);
+    and the thread stops pulling); a request whose client left before a
+    thread was free is not run at all;
   - an exception in the thread reaches the host on the reactor thread: a 500
     before the headers were sent, an aborted connection after.
 
@@ -302,6 +303,13 @@ class _Bridge:
 
     def _run(self) -> None:
         """Call the application and pull its iterable (in a pool thread)."""
+        with self._cond:
+            if self._stopped:
+                # The client left while the request waited for a thread:
+                # nobody would read the response, so the application is not
+                # called (under overload, clients that time out and retry
+                # would otherwise fill the pool with abandoned work).
+                return
         try:
             result = self._app(self._environ, self._start_response)
         except BaseException as e:
