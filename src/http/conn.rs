@@ -95,6 +95,9 @@ pub struct Conn {
     pub peer: Peer,
     pub local: Peer,
     pub unix: bool,
+    /// The peer is one of `--forwarded-allow-ips`: its proxy headers are
+    /// believed (decided once, at accept).
+    pub trusted_proxy: bool,
     pub st: Mutex<ConnState>,
 }
 
@@ -132,6 +135,8 @@ impl Conn {
         local: Peer,
         unix: bool,
     ) -> Arc<Conn> {
+        let proxies = &shared.cfg.proxies;
+        let trusted_proxy = !proxies.is_empty() && proxies.trusts_peer(unix, &peer.host);
         Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             key,
@@ -141,6 +146,7 @@ impl Conn {
             peer,
             local,
             unix,
+            trusted_proxy,
             st: Mutex::new(ConnState {
                 rbuf: Vec::new(),
                 phase: Phase::Idle,

@@ -92,7 +92,7 @@ pub fn build_environ<'py>(
     let mut content_length_seen = false;
     // Proxy headers, all occurrences, read only from a trusted peer.
     let proxies = &shared.cfg.proxies;
-    let trusted = !proxies.is_empty() && proxies.trusts_peer(conn.unix, &conn.peer.host);
+    let trusted = conn.trusted_proxy;
     let mut forwarded_for: Option<String> = None;
     let mut forwarded_proto: Option<String> = None;
     for (name, value) in head.headers.iter() {
