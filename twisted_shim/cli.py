@@ -22,13 +22,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from twisted_shim import __version__, _core
+from twisted_shim import __version__
 from twisted_shim.wsgi.workers import (
     ServeOptions,
     StartupError,
     Supervisor,
     TCPAddress,
     parse_bind,
+    parse_forwarded_allow_ips,
     serve,
 )
 
@@ -62,12 +63,10 @@ def _number(
 
 
 def _forwarded_allow_ips(text: str) -> tuple[str, ...]:
-    entries = tuple(e.strip() for e in text.split(",") if e.strip())
     try:
-        _core.check_forwarded_allow_ips(list(entries))
+        return parse_forwarded_allow_ips(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return entries
 
 
 def _bind(text: str) -> TCPAddress:

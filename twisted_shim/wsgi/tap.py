@@ -16,7 +16,12 @@ from twisted.python import usage
 
 from twisted_shim.wsgi.server import ServerConfig
 from twisted_shim.wsgi.service import WSGIService
-from twisted_shim.wsgi.workers import StartupError, load_app, parse_bind
+from twisted_shim.wsgi.workers import (
+    StartupError,
+    load_app,
+    parse_bind,
+    parse_forwarded_allow_ips,
+)
 
 _log = Logger(namespace="twisted_shim.wsgi.access")
 
@@ -74,16 +79,12 @@ class Options(usage.Options):
             )
         if not self["bind"] and not self["uds"]:
             self["bind"].append(DEFAULT_BIND)
-        ips = tuple(
-            e.strip() for e in self["forwarded-allow-ips"].split(",") if e.strip()
-        )
-        from twisted_shim import _core
-
         try:
-            _core.check_forwarded_allow_ips(list(ips))
+            self["forwarded-allow-ips"] = parse_forwarded_allow_ips(
+                self["forwarded-allow-ips"]
+            )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["forwarded-allow-ips"] = ips
         try:
             self["application"] = load_app(self["app"])
         except StartupError as e:

@@ -181,6 +181,20 @@ def parse_bind(value: str) -> TCPAddress:
     return TCPAddress(host, port, socket.AddressFamily(af), tuple(sockaddr))
 
 
+def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
+    """
+    Parse C{--forwarded-allow-ips}: comma-separated addresses, CIDR networks
+    or C{*} (empty: no one), checked as the host will read them.
+
+    @raise ValueError: naming the first entry that is none of those.
+    """
+    from twisted_shim import _core
+
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    _core.check_forwarded_allow_ips(list(entries))
+    return entries
+
+
 def open_tcp(
     address: TCPAddress,
     backlog: int,
