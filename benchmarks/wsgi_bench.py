@@ -560,20 +560,18 @@ def _bench_unavailable(exe: str) -> Callable[[], str | None]:
     return check
 
 
-def _shim_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
-    return [
-        _project_python(),
-        *f"-m twisted_shim serve wsgi_apps:{app} --bind {HOST}:{port}".split(),
-        *"--workers 1 --threads 0".split(),
-    ]
+def _shim_cmd(threaded: bool) -> Callable[[str, int, Ctx], Cmd]:
+    """twisted-shim on the reactor thread, or with gunicorn gthread's threads."""
 
+    def cmd(app: str, port: int, ctx: Ctx) -> Cmd:
+        threads = ctx.gthread_threads if threaded else 0
+        return [
+            _project_python(),
+            *f"-m twisted_shim serve wsgi_apps:{app} --bind {HOST}:{port}".split(),
+            *f"--workers 1 --threads {threads}".split(),
+        ]
 
-def _shim_threads_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
-    return [
-        _project_python(),
-        *f"-m twisted_shim serve wsgi_apps:{app} --bind {HOST}:{port}".split(),
-        *f"--workers 1 --threads {ctx.gthread_threads}".split(),
-    ]
+    return cmd
 
 
 def _granian_cmd(app: str, port: int, ctx: Ctx) -> Cmd:
@@ -628,7 +626,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "twisted-shim",
             lambda c: "--workers 1 --threads 0: the app runs on the reactor thread",
-            _shim_cmd,
+            _shim_cmd(threaded=False),
             _shim_unavailable,
         ),
         Server(
@@ -637,7 +635,7 @@ SERVERS: dict[str, Server] = {
                 f"--workers 1 --threads {c.gthread_threads}: thread-pool mode "
                 "(as gunicorn gthread), blocking calls in the pool"
             ),
-            _shim_threads_cmd,
+            _shim_cmd(threaded=True),
             _shim_unavailable,
         ),
         Server(
