@@ -99,12 +99,6 @@ def pids_seen(port: int, want: int, attempts: int = 400) -> set[int]:
     return pids
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def has_ipv6() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:

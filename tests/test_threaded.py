@@ -29,6 +29,7 @@ from cli_support import (
     servers,
     wait_until,
 )
+from wsgi_client import loopback_tcp_queues
 
 
 @pytest.fixture
@@ -120,20 +121,6 @@ def test_request_body(threaded: Served) -> None:
     assert get(threaded.port, "/echo", body=body) == (200, body)
 
 
-def _unread_by_server(server_port: int, client_port: int) -> int | None:
-    """Bytes of a loopback connection the server has not read yet (from
-    /proc/net/tcp), or C{None} if the connection is not listed."""
-    local = f"0100007F:{server_port:04X}"
-    remote = f"0100007F:{client_port:04X}"
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            parts = line.split()
-            if parts[1] == local and parts[2] == remote:
-                return int(parts[4].split(":")[1], 16)
-    return None
-
-
 def test_request_abandoned_before_a_thread_is_free_is_not_run(
     threaded: Served,
 ) -> None:
@@ -151,7 +138,10 @@ def test_request_abandoned_before_a_thread_is_free_is_not_run(
         sock = socket.create_connection(("127.0.0.1", threaded.port), timeout=TIMEOUT)
         sock.sendall(b"GET /block?1.0 HTTP/1.1\r\nHost: test\r\n\r\n")
         port = sock.getsockname()[1]
-        wait_until(lambda p=port: _unread_by_server(threaded.port, p) == 0)
+        # Read by the server (so handed to the pool) before the next is sent.
+        wait_until(
+            lambda p=port: loopback_tcp_queues().get((threaded.port, p), (0, 1))[1] == 0
+        )
         blockers.append(sock)
     for _ in range(6):
         sock = socket.create_connection(("127.0.0.1", threaded.port), timeout=TIMEOUT)

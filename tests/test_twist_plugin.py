@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, get, write_app
+from cli_support import ROOT, free_port, get, write_app
 from twisted.application.service import IService
 from zope.interface.verify import verifyObject
 
@@ -25,12 +25,6 @@ from twisted_shim.reactor import RustReactor
 from twisted_shim.wsgi.service import WSGIService
 
 TWIST = [sys.executable, "-m", "twisted"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(
@@ -85,7 +79,7 @@ def test_twist_serves_and_drains_on_sigterm(
     reactor and exits as Twisted's runner does after a signal (it re-raises
     it: status -SIGTERM, on any reactor).
     """
-    port = _free_port()
+    port = free_port()
     proc = _start(
         twist,
         tmp_path,

@@ -450,25 +450,32 @@ def h11_exchange(
         sock.close()
 
 
-def proc_tcp_queues(server_port: int, client_port: int) -> tuple[int, int]:
+def loopback_tcp_queues() -> dict[tuple[int, int], tuple[int, int]]:
     """
-    Bytes the kernel holds for one loopback connection, from /proc/net/tcp:
-    the server socket's send queue (written by the host, not yet acknowledged)
-    and the client socket's receive queue (arrived, not yet read).
+    The kernel's queues of every IPv4 loopback TCP socket, from
+    /proc/net/tcp: C{(local port, remote port) -> (send queue, receive
+    queue)} in bytes.
     """
-
-    def hexaddr(port: int) -> str:
-        return f"0100007F:{port:04X}"
-
-    tx = rx = 0
+    out: dict[tuple[int, int], tuple[int, int]] = {}
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             parts = line.split()
             local, remote, queues = parts[1], parts[2], parts[4]
+            if not (local.startswith("0100007F:") and remote.startswith("0100007F:")):
+                continue
             txq, rxq = (int(x, 16) for x in queues.split(":"))
-            if local == hexaddr(server_port) and remote == hexaddr(client_port):
-                tx = txq
-            elif local == hexaddr(client_port) and remote == hexaddr(server_port):
-                rx = rxq
+            out[(int(local[9:], 16), int(remote[9:], 16))] = (txq, rxq)
+    return out
+
+
+def proc_tcp_queues(server_port: int, client_port: int) -> tuple[int, int]:
+    """
+    Bytes the kernel holds for one loopback connection: the server socket's
+    send queue (written by the host, not yet acknowledged) and the client
+    socket's receive queue (arrived, not yet read).
+    """
+    queues = loopback_tcp_queues()
+    tx = queues.get((server_port, client_port), (0, 0))[0]
+    rx = queues.get((client_port, server_port), (0, 0))[1]
     return tx, rx
