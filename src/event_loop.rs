@@ -11,6 +11,15 @@
 //! may add or remove descriptors, schedule calls, or even iterate the reactor
 //! again (Twisted allows `reactor.iterate()` from a callback).
 //!
+//! The loop decides how long to sleep only after the last Python code before
+//! its wait has run, so whatever that code scheduled is seen by the wait, as
+//! in Twisted's `mainLoop` (`timeout()` right before `doIteration`). The one
+//! Python code between `runUntilCurrent` and the wait is the optimistic flush
+//! ([`Loop::flush_optimistic`]); the timeout is computed after it, and a
+//! caller's `doIteration(delay)` whose flush served a writer does not sleep,
+//! as epoll's wait would not have with that writer ready. Calls queued from
+//! any thread, and writers queued by the flush, make the wait a poll.
+//!
 //! Descriptors closed underneath their registration are found when the loop
 //! has been idle for a second ([`LOST_FD_SWEEP`]): each is disconnected with
 //! `ConnectionFdescWentAway`, as Twisted's poll reactor does when `fileno()`
@@ -25,7 +34,7 @@ use polling::Poller;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::calls::ThreadCalls;
 use crate::fdset::{
@@ -48,6 +57,12 @@ const STALE_WAITS: usize = 3;
 /// A poller key and what it said.
 type Ready = (usize, Readiness);
 
+/// One wait, as `record_waits` keeps it: the timeout it was given in seconds
+/// (`None`: no limit) and how many events the kernel reported, a wake-up
+/// from another thread included (0: it slept to its timeout, or a signal
+/// interrupted it).
+type WaitRecord = (Option<f64>, usize);
+
 /// Event bits handed to Python's `_doReadOrWrite` (epoll's values).
 pub const POLL_IN: u32 = 0x001;
 pub const POLL_OUT: u32 = 0x004;
@@ -64,6 +79,11 @@ pub struct Loop {
     stale_streak: AtomicUsize,
     /// How many times the poller was rebuilt (for tests and diagnostics).
     rebuilds: AtomicUsize,
+    /// How many waits the loop has made: tests count iterations with it.
+    waits: AtomicUsize,
+    /// Each wait's timeout and how many events it returned, while tests ask
+    /// for it (`record_waits`); `None` the rest of the time.
+    wait_log: Mutex<Option<Vec<WaitRecord>>>,
     fds: Mutex<FdSet>,
     timers: Arc<TimerQueue>,
     calls: ThreadCalls,
@@ -270,9 +290,13 @@ impl Loop {
         let poller = &*poller;
         let waker = &self.waker;
         let mut ready: Vec<Ready> = Vec::new();
+        self.waits.fetch_add(1, Ordering::Relaxed);
         let result = py.detach(|| wait::wait(poller, waker, &mut events, timeout, &mut ready));
         *lock(&self.events) = Some(events);
-        result.map_err(os_error)?;
+        let reported = result.map_err(os_error)?;
+        if let Some(log) = lock(&self.wait_log).as_mut() {
+            log.push((timeout.map(|t| t.as_secs_f64()), reported));
+        }
         // Run Python's signal handlers now (a KeyboardInterrupt propagates).
         py.check_signals()?;
         let now = Instant::now();
@@ -295,10 +319,13 @@ impl Loop {
     /// socket nearly always is, and `doWrite` copes with EAGAIN). Those with
     /// data left are then watched for writability. This saves two
     /// `epoll_ctl` calls and a wait per response in request/response traffic.
-    fn flush_optimistic(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
+    ///
+    /// Returns whether it called any: if so, Python code ran after the
+    /// caller computed its timeout, and that timeout may be stale.
+    fn flush_optimistic(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
         let keys = lock(&self.fds).take_optimistic();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let writable = Readiness {
             readable: false,
@@ -315,12 +342,53 @@ impl Loop {
                 }
             }
         }
+        let flushed = !ready.is_empty();
         self.dispatch(py, reactor, ready)?;
         let mut fds = lock(&self.fds);
         for key in keys {
             fds.arm_if_writing(&self.poller(), key).map_err(os_error)?;
         }
-        Ok(())
+        Ok(flushed)
+    }
+
+    /// Wait at most `delay` seconds, then dispatch what is ready and
+    /// disconnect what the idle sweep found lost.
+    fn wait_and_dispatch(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        delay: Option<f64>,
+    ) -> PyResult<()> {
+        let (ready, lost) = self.wait(py, delay)?;
+        self.dispatch(py, reactor, ready)?;
+        self.disconnect_lost(py, reactor, lost)
+    }
+
+    /// One pass of `mainLoop` after `runUntilCurrent`: the optimistic flush,
+    /// then the wait, with its timeout computed after the flush.
+    ///
+    /// The flush runs Python code (`doWrite`, `doConnect`, and through them
+    /// `connectionMade`, `clientConnectionFailed`, a retry's `callLater(0)`,
+    /// `reactor.stop()`), so the timeout must be computed after it, as
+    /// Twisted's `mainLoop` computes `timeout()` right before `doIteration`,
+    /// after all the Python code of the pass. A timeout computed before it
+    /// would let the wait sleep over what that code scheduled, until the
+    /// next event or the idle sweep a second later.
+    fn iterate_main(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
+        let flushed = self.flush_optimistic(py, reactor)?;
+        // A stop() from the flush is acted on by the next runUntilCurrent
+        // (on epoll, the wait returns at once with the writer it flushed);
+        // crash() clears `running`. A stop() elsewhere is acted on before
+        // the wait: timed calls by runUntilCurrent itself, callbacks of the
+        // wait's dispatch by the runUntilCurrent that follows it.
+        let delay = if !reactor.getattr(intern!(py, "running"))?.is_truthy()?
+            || (flushed && reactor.getattr(intern!(py, "_justStopped"))?.is_truthy()?)
+        {
+            Some(0.0)
+        } else {
+            self.timers.timeout(py)?
+        };
+        self.wait_and_dispatch(py, reactor, delay)
     }
 
     /// Disconnect selectables whose descriptor went away underneath them,
@@ -496,6 +564,8 @@ impl Loop {
             waker,
             stale_streak: AtomicUsize::new(0),
             rebuilds: AtomicUsize::new(0),
+            waits: AtomicUsize::new(0),
+            wait_log: Mutex::new(None),
             fds: Mutex::new(FdSet::default()),
             timers: Arc::new(TimerQueue::default()),
             calls: ThreadCalls::default(),
@@ -618,6 +688,26 @@ impl Loop {
         self.rebuilds.load(Ordering::SeqCst)
     }
 
+    /// How many waits (one per `doIteration`) the loop has made so far:
+    /// tests measure "within the next iteration" with it, not with a clock.
+    fn waits(&self) -> usize {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Start (`True`) or stop keeping a record of every wait; starting
+    /// clears the record.
+    fn record_waits(&self, on: bool) {
+        *lock(&self.wait_log) = on.then(Vec::new);
+    }
+
+    /// The waits recorded since `record_waits(True)`, oldest first: each is
+    /// `(timeout, events)`, the timeout in seconds (`None`: no limit) after
+    /// the loop's own adjustments, and the number of events the kernel
+    /// reported (a wake-up included; 0: it timed out or was interrupted).
+    fn recorded_waits(&self) -> Vec<WaitRecord> {
+        lock(&self.wait_log).clone().unwrap_or_default()
+    }
+
     /// How many descriptors are registered (Python and native).
     fn registered(&self) -> usize {
         lock(&self.fds).len()
@@ -647,24 +737,25 @@ impl Loop {
         reactor: &Bound<'_, PyAny>,
         delay: Option<f64>,
     ) -> PyResult<()> {
-        self.flush_optimistic(py, reactor)?;
-        let (ready, lost) = self.wait(py, delay)?;
-        self.dispatch(py, reactor, ready)?;
-        self.disconnect_lost(py, reactor, lost)
+        // The writers the flush served are what epoll's wait would have
+        // reported at once, so that wait would not have slept: neither does
+        // this one, which only collects whatever else is ready. (`delay` was
+        // computed before the flush and cannot know what it scheduled.)
+        let delay = if self.flush_optimistic(py, reactor)? {
+            Some(0.0)
+        } else {
+            delay
+        };
+        self.wait_and_dispatch(py, reactor, delay)
     }
 
     /// Twisted's `mainLoop`: iterate while the reactor is started. An
     /// unexpected error is logged and the loop goes on.
     fn run(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
-        while reactor.getattr("_started")?.is_truthy()? {
+        while reactor.getattr(intern!(py, "_started"))?.is_truthy()? {
             let step = (|| -> PyResult<()> {
                 self.run_until_current(py, reactor)?;
-                let delay = if reactor.getattr("running")?.is_truthy()? {
-                    self.timers.timeout(py)?
-                } else {
-                    Some(0.0)
-                };
-                self.do_iteration(py, reactor, delay)
+                self.iterate_main(py, reactor)
             })();
             if let Err(e) = step {
                 log_failure(py, "Unexpected error in main loop", e);

@@ -154,14 +154,15 @@ fn readiness(flags: u32) -> Readiness {
 /// without holding the GIL (the caller detaches). Fills `out` with each
 /// ready key and its readiness; the waker's own event is consumed here.
 /// An interrupted wait (`EINTR`) returns no events and no error, so the
-/// caller can run signal handlers.
+/// caller can run signal handlers. Returns how many events the kernel
+/// reported, the waker's included (0: the wait timed out or was interrupted).
 pub fn wait(
     poller: &Poller,
     waker: &Waker,
     buf: &mut EventBuf,
     timeout: Option<Duration>,
     out: &mut Vec<(usize, Readiness)>,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     let epfd = poller.as_raw_fd();
     let events = &mut buf.0;
     events.clear();
@@ -178,7 +179,7 @@ pub fn wait(
             _ => out.push((key, readiness(flags))),
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 fn raw_wait(
