@@ -12,6 +12,11 @@ when ours fails a test not listed in C{expected_failures.txt}.
 
 Failures listed there (with their reason and their result on epoll) are
 reported as expected, not counted as failed.
+
+Time is part of the comparison (see L{conformance.timing}): each test's
+duration is recorded on both reactors, each Twisted module's total is printed
+side by side, and a test slower on rust (confirmed by reruns) that is not in
+C{expected_slow.txt} fails the run like a test that fails.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from conformance import timing
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected_failures.txt"
@@ -56,26 +64,47 @@ def neutral_id(test_id: str) -> tuple[str, str]:
     raise ValueError(f"not a generated builder test: {test_id}")
 
 
-def run(reactors: Iterable[str], log: Path) -> dict[str, dict[str, str]]:
-    """
-    Run the generated classes for C{reactors} under trial, in this process
-    with EPollReactor as the global reactor (as C{trial --reactor=epoll}).
+Outcomes = dict[str, dict[str, str]]
+Durations = dict[str, dict[str, float]]
 
-    @return: reactor name -> neutral test id -> outcome (C{pass}, C{fail},
-        C{error}, C{skip}, C{xfail}, C{xpass}).
-    """
+
+def install_global_reactor() -> None:
+    """EPollReactor as the global reactor (as C{trial --reactor=epoll})."""
     from twisted.internet import epollreactor
 
     epollreactor.install()
 
+
+def run(
+    reactors: Iterable[str], log: Path, only: Iterable[str] | None = None
+) -> tuple[Outcomes, Durations]:
+    """
+    Run the generated classes for C{reactors} under trial, in this process
+    (L{install_global_reactor} first). With C{only} (neutral test ids), run
+    just those tests.
+
+    @return: reactor name -> neutral test id -> outcome (C{pass}, C{fail},
+        C{error}, C{skip}, C{xfail}, C{xpass}); and reactor name -> neutral
+        test id -> seconds.
+    """
     from twisted.trial import reporter, runner
 
-    outcomes: dict[str, dict[str, str]] = defaultdict(dict)
+    outcomes: Outcomes = defaultdict(dict)
+    durations: Durations = defaultdict(dict)
 
     class Collector(reporter.VerboseTextReporter):
         def _record(self, test: object, outcome: str) -> None:
             name, nid = neutral_id(test.id())  # type: ignore[attr-defined]
             outcomes[name][nid] = outcome
+
+        def startTest(self, test):  # type: ignore[no-untyped-def]
+            self._started = time.perf_counter()
+            super().startTest(test)
+
+        def stopTest(self, test):  # type: ignore[no-untyped-def]
+            super().stopTest(test)
+            name, nid = neutral_id(test.id())
+            durations[name][nid] = time.perf_counter() - self._started
 
         def addSuccess(self, test):  # type: ignore[no-untyped-def]
             super().addSuccess(test)
@@ -105,13 +134,22 @@ def run(reactors: Iterable[str], log: Path) -> dict[str, dict[str, str]]:
 
     wanted = {builders.SUFFIX[r] for r in reactors}
     loader = runner.TestLoader()
-    suite = loader.suiteFactory(
-        [
-            loader.loadClass(cls)
-            for name, cls in sorted(vars(builders).items())
-            if isinstance(cls, type) and any(name.endswith("_" + w) for w in wanted)
-        ]
-    )
+    if only is None:
+        suite = loader.suiteFactory(
+            [
+                loader.loadClass(cls)
+                for name, cls in sorted(vars(builders).items())
+                if isinstance(cls, type) and any(name.endswith("_" + w) for w in wanted)
+            ]
+        )
+    else:
+        suite = loader.suiteFactory(
+            [
+                loader.loadByName(f"conformance.builders.{full_id(r, nid)}")
+                for nid in only
+                for r in reactors
+            ]
+        )
     with log.open("w") as stream:
         trial = runner.TrialRunner(
             Collector,
@@ -119,7 +157,51 @@ def run(reactors: Iterable[str], log: Path) -> dict[str, dict[str, str]]:
             workingDirectory=str(HERE.parent / "_trial_temp_builders"),
         )
         trial.run(suite)
-    return outcomes
+    return outcomes, durations
+
+
+def full_id(reactor: str, nid: str) -> str:
+    """The inverse of L{neutral_id}, without the module."""
+    from conformance.builders import SUFFIX
+
+    cls, method = nid.split(".")
+    return f"{cls}_{SUFFIX[reactor]}.{method}"
+
+
+def time_report(
+    durations: Mapping[str, Mapping[str, float]],
+    outcomes: Mapping[str, Mapping[str, str]],
+    log: Path,
+) -> list[str]:
+    """
+    Print each Twisted module's total time on both reactors and the tests
+    slower on rust (each confirmed by reruns in this process); return the
+    slow ones not listed in C{expected_slow.txt}.
+    """
+    ours, ref = durations.get("rust", {}), durations.get("epoll", {})
+    if not ours or not ref:
+        return []
+    compared = timing.ran_on_both(durations, outcomes)
+    # Time spent in the tests that ran on both (a skip takes none).
+    per_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for nid, secs in compared["rust"].items():
+        per_module[module_of(nid)][0] += secs
+    for nid, secs in compared["epoll"].items():
+        per_module[module_of(nid)][1] += secs
+    rows = [(mod, r, e) for mod, (r, e) in sorted(per_module.items())]
+    rows.append(("total", sum(r for _, r, _ in rows), sum(e for _, _, e in rows)))
+    timing.wall_table(rows)
+
+    def rerun(reactor: str, nids: list[str]) -> dict[str, float]:
+        return dict(
+            run([reactor], log.with_suffix(".rerun.log"), only=nids)[1][reactor]
+        )
+
+    found = timing.find_slow(compared["rust"], compared["epoll"])
+    confirmed, noise = timing.confirm(found, rerun)
+    return timing.report(
+        confirmed, timing.load_expected_slow(), "ReactorBuilder suites", noise
+    )
 
 
 def module_of(nid: str) -> str:
@@ -132,7 +214,15 @@ def module_of(nid: str) -> str:
     return "?"
 
 
-def report(outcomes: dict[str, dict[str, str]], expected: dict[str, str]) -> int:
+def report(
+    outcomes: dict[str, dict[str, str]],
+    expected: dict[str, str],
+    slow: Iterable[str] = (),
+) -> int:
+    """
+    Print the outcome table and the differences; C{slow} are tests found
+    slower on rust and not expected to be, each counted as failed.
+    """
     ours = outcomes.get("rust", {})
     ref = outcomes.get("epoll", {})
     reactors = [r for r in ("rust", "epoll") if r in outcomes]
@@ -193,6 +283,8 @@ def report(outcomes: dict[str, dict[str, str]], expected: dict[str, str]) -> int
         )
         print("\n".join(expected_hits))
         print()
+    for nid in slow:
+        problems.append(f"  {nid}: slower on rust than on epoll (see above)")
     if problems:
         print("Differences from EPollReactor:")
         print("\n".join(problems))
@@ -221,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE.parent))
     os.environ.setdefault("PYTHONPATH", str(HERE.parent))
     reactors = [args.only] if args.only else ["rust", "epoll"]
-    outcomes = run(reactors, args.log)
+    install_global_reactor()
+    outcomes, durations = run(reactors, args.log)
     print(f"trial log: {args.log}")
-    return report(outcomes, load_expected())
+    slow = time_report(durations, outcomes, args.log)
+    return report(outcomes, load_expected(), slow)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """
-Run Twisted's whole test suite on our reactor and on epoll, and compare by
-test id.
+Run Twisted's whole test suite (or some of its modules) on our reactor and on
+epoll, and compare by test id, in outcome and in time.
 
-    python -m conformance.run_full [--jobs 2] [--suite twisted] [--only rust]
+    python -m conformance.run_full [--suite twisted ...] [--jobs 1] [--only rust]
 
-Each reactor runs as C{trial -j N --reactor=NAME --reporter=bwverbose SUITE}
-in its own process, one after the other (the machine has two cores), with its
-output kept in C{_trial_temp_full_NAME.log}. Prints counts and wall time per
-reactor, then every test whose outcome differs, and last a line
-C{N passed, N failed} for our reactor, where "failed" counts tests that pass
-on epoll but not on ours and are not listed in C{expected_failures.txt}.
-Exits non-zero if there is any.
+Each reactor runs as C{trial --reactor=NAME --reporter=timing SUITE...} in its
+own process, one after the other, with its output kept in
+C{_trial_temp_full_NAME.log}. Prints counts and wall time per reactor, every
+test whose outcome differs, and the tests slower on rust (see
+L{conformance.timing}: each is run again alone on both reactors to confirm
+it); last a line C{N passed, N failed} for our reactor, where "failed" counts
+tests that pass on epoll but not on ours and are not listed in
+C{expected_failures.txt}, and tests slower on ours not listed in
+C{expected_slow.txt}. Exits non-zero if there is any.
+
+The default is one trial process per reactor (C{--jobs 1}): C{trial -j}'s
+distributed reporter reports no durations, so with C{--jobs 2} (about half
+the wall time) only outcomes are compared.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from conformance import timing
 from conformance.run_builders import load_expected
 
 HERE = Path(__file__).resolve().parent
@@ -87,19 +94,27 @@ def _keep_dev_null_mode() -> Callable[[], None]:
     return restore
 
 
-def run(reactor: str, suite: str, jobs: int) -> tuple[dict[str, str], float, str]:
-    log = ROOT / f"_trial_temp_full_{reactor}.log"
+def run(
+    reactor: str, suites: list[str], jobs: int, name: str = "full"
+) -> tuple[dict[str, str], float, str, dict[str, float]]:
+    """
+    Run C{suites} (trial test names) on C{reactor}.
+
+    @return: outcomes by test id, wall time, trial's summary line, and
+        durations by test id (empty with C{jobs > 1}).
+    """
+    log = ROOT / f"_trial_temp_{name}_{reactor}.log"
     cmd = [
         sys.executable,
         "-m",
         "twisted.trial",
         f"--reactor={reactor}",
-        "--reporter=bwverbose",
-        f"--temp-directory={ROOT / f'_trial_temp_full_{reactor}'}",
+        "--reporter=timing",
+        f"--temp-directory={ROOT / f'_trial_temp_{name}_{reactor}'}",
     ]
     if jobs > 1:
         cmd.append(f"--jobs={jobs}")
-    cmd.append(suite)
+    cmd.extend(suites)
     env = dict(os.environ)
     # Twisted's tests start helper scripts (ckeygen, ...) from PATH.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -115,7 +130,12 @@ def run(reactor: str, suite: str, jobs: int) -> tuple[dict[str, str], float, str
     elapsed = time.monotonic() - start
     text = log.read_text(errors="replace")
     summary = [ln for ln in text.splitlines() if ln.startswith(("PASSED", "FAILED"))]
-    return parse(text), elapsed, (summary[-1] if summary else f"exit {proc.returncode}")
+    return (
+        parse(text),
+        elapsed,
+        (summary[-1] if summary else f"exit {proc.returncode}"),
+        timing.durations(text) if jobs == 1 else {},
+    )
 
 
 def worse(ref: str, mine: str | None) -> bool:
@@ -130,8 +150,23 @@ def worse(ref: str, mine: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--suite", default="twisted")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trial -j per reactor (with more than 1, no per-test durations)",
+    )
+    parser.add_argument(
+        "--suite",
+        nargs="+",
+        default=["twisted"],
+        help="trial test names (default: twisted, the whole suite)",
+    )
+    parser.add_argument(
+        "--name",
+        default="full",
+        help="names the logs: _trial_temp_NAME_REACTOR.log",
+    )
     parser.add_argument("--only", choices=["rust", "epoll"])
     parser.add_argument(
         "--from-logs",
@@ -142,15 +177,21 @@ def main(argv: list[str] | None = None) -> int:
 
     reactors = [args.only] if args.only else ["epoll", "rust"]
     results: dict[str, dict[str, str]] = {}
+    durations: dict[str, dict[str, float]] = {}
+    walls: dict[str, float] = {}
     for reactor in reactors:
         if args.from_logs:
-            text = (ROOT / f"_trial_temp_full_{reactor}.log").read_text(
+            text = (ROOT / f"_trial_temp_{args.name}_{reactor}.log").read_text(
                 errors="replace"
             )
             outcomes, elapsed, summary = parse(text), 0.0, "from log"
+            durations[reactor] = timing.durations(text)
         else:
-            outcomes, elapsed, summary = run(reactor, args.suite, args.jobs)
+            outcomes, elapsed, summary, durations[reactor] = run(
+                reactor, args.suite, args.jobs, args.name
+            )
         results[reactor] = outcomes
+        walls[reactor] = elapsed
         c = count(outcomes)
         print(
             f"{reactor:>6}: {sum(c.values())} tests in {elapsed:.0f} s: "
@@ -187,9 +228,42 @@ def main(argv: list[str] | None = None) -> int:
     if regressions:
         print("\nPass on epoll, not on rust:")
         print("\n".join(regressions))
+    slow: list[str] = []
+    if ref and durations.get("rust") and durations.get("epoll"):
+        print()
+        suite = " ".join(args.suite)
+        compared = timing.ran_on_both(durations, {"rust": ours, "epoll": ref})
+        # Each suite's time in the tests that ran on both, then the whole
+        # trial process's (start-up and reactor installation included).
+        rows = [
+            (
+                name,
+                *(
+                    sum(
+                        t
+                        for i, t in compared[r].items()
+                        if i == name or i.startswith(name + ".")
+                    )
+                    for r in ("rust", "epoll")
+                ),
+            )
+            for name in args.suite
+        ]
+        rows.append(("trial process", walls["rust"], walls["epoll"]))
+        timing.wall_table(rows)
+
+        def rerun(reactor: str, ids: list[str]) -> dict[str, float]:
+            return run(reactor, ids, 1, f"{args.name}_rerun")[3]
+
+        found = timing.find_slow(compared["rust"], compared["epoll"])
+        confirmed, noise = timing.confirm(found, rerun)
+        slow = timing.report(confirmed, timing.load_expected_slow(), suite, noise)
+    elif ref:
+        print("\n(no per-test durations with --jobs > 1: time not compared)")
     c = count(ours)
-    print(f"\n{c['pass']} passed, {len(regressions)} failed")
-    return 1 if regressions else 0
+    failed = len(regressions) + len(slow)
+    print(f"\n{c['pass']} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
