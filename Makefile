@@ -69,6 +69,7 @@ conformance-peers: build services
 
 bench: build
 	$(BIN)/python benchmarks/reactor_bench.py
+	$(BIN)/python benchmarks/latency.py
 
 # WSGI servers side by side (installs the peers into .venv-bench).
 bench-wsgi: build

@@ -36,9 +36,11 @@ Ctrl-C or SIGTERM. The trial processes reach it through C{PGHOST}/C{PGPORT}
 and C{TXPOSTGRES_TEST_*}.
 
 Each (suite, reactor) run is
-C{python -m twisted.trial -jN --reactor=NAME --reporter=bwverbose TARGET},
-epoll first, with its output kept in C{_peers/logs/SUITE_REACTOR.log}.
-Some suites need C{-j1}:
+C{python -m twisted.trial --reactor=NAME --reporter=timing TARGET}, epoll
+first, with its output kept in C{_peers/logs/SUITE_REACTOR.log}. Every suite
+runs in one trial process (no C{-j}), because C{trial -j} reports no
+per-test durations, and because some suites cannot share a run between
+workers anyway:
 
     - txpostgres and test_adbapi: their tests share one database and its
       tables (e.g. C{simple}), which two workers would trample;
@@ -47,8 +49,12 @@ Some suites need C{-j1}:
       server treq's integration tests start once per class (a "before
       shutdown" trigger), so all but the first of them are refused.
 
+Time is compared as in L{conformance.timing}: each suite's wall time on both
+reactors, and the tests slower on rust (confirmed by reruns of those tests
+alone), which count as failed unless listed in C{expected_slow.txt}.
+
 Prints a table of counts (pass/fail/error/skip and wall time) per suite and
-reactor, every test whose outcome differs between the two reactors with the
+reactor, the tests slower on rust, every test whose outcome differs between the two reactors with the
 traceback excerpt from rust's log, and last a line C{N passed, N failed} for
 rust, where "failed" counts tests whose outcome on rust is worse than on
 epoll (see L{conformance.run_full.worse}; a test missing on rust, or failing
@@ -80,6 +86,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from conformance import timing
 from conformance.run_builders import load_expected
 from conformance.run_full import OUTCOMES, count, parse, worse
 
@@ -142,7 +149,6 @@ class Copied:
 class Suite:
     name: str
     target: str  # what trial is given
-    jobs: int = 2
     source: Sdist | Copied | None = None  # None: the installed package
     needs_db: bool = False
     # Modules the suite's tests import; checked up front, because a missing
@@ -170,7 +176,6 @@ SUITES: dict[str, Suite] = {
         Suite(
             "treq",
             "treq",
-            jobs=1,
             source=Sdist("treq", _installed("treq"), pythonpath="src"),
             requires=("httpbin", "werkzeug"),
             note="a worker fires 'shutdown' after each test: it kills httpbin",
@@ -180,7 +185,6 @@ SUITES: dict[str, Suite] = {
         Suite(
             "txpostgres",
             "test",
-            jobs=1,
             source=Sdist(
                 "txpostgres",
                 lambda: TXPOSTGRES_VERSION,
@@ -203,7 +207,6 @@ SUITES: dict[str, Suite] = {
         Suite(
             "test_adbapi",
             "test_adbapi",
-            jobs=1,
             source=Copied(
                 "twisted",
                 "twisted.test.test_adbapi",
@@ -553,6 +556,7 @@ class Result:
     elapsed: float
     summary: str
     log: Path
+    durations: dict[str, float]
 
 
 def log_path(suite: Suite, reactor: str) -> Path:
@@ -560,9 +564,19 @@ def log_path(suite: Suite, reactor: str) -> Path:
 
 
 def run(
-    suite: Suite, reactor: str, pythonpath: Path | None, db: PostgreSQL | None
+    suite: Suite,
+    reactor: str,
+    pythonpath: Path | None,
+    db: PostgreSQL | None,
+    tests: list[str] | None = None,
 ) -> Result:
+    """
+    Run C{suite} on C{reactor}, or only C{tests} of it (test ids; their log
+    is C{SUITE_REACTOR.rerun.log}).
+    """
     log = log_path(suite, reactor)
+    if tests is not None:
+        log = log.with_suffix(".rerun.log")
     LOGS.mkdir(parents=True, exist_ok=True)
     TEMP.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -570,12 +584,10 @@ def run(
         "-m",
         "twisted.trial",
         f"--reactor={reactor}",
-        "--reporter=bwverbose",
+        "--reporter=timing",
         f"--temp-directory={TEMP / f'{suite.name}_{reactor}'}",
     ]
-    if suite.jobs > 1:
-        cmd.append(f"--jobs={suite.jobs}")
-    cmd.append(suite.target)
+    cmd.extend(tests if tests is not None else [suite.target])
     env = dict(os.environ)
     # Twisted's tests start helper scripts from PATH (as in run_full).
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -621,7 +633,13 @@ def parse_log(text: str) -> dict[str, str]:
 def _result(log: Path, elapsed: float, fallback: str) -> Result:
     text = log.read_text(errors="replace")
     summary = [ln for ln in text.splitlines() if ln.startswith(("PASSED", "FAILED"))]
-    return Result(parse_log(text), elapsed, summary[-1] if summary else fallback, log)
+    return Result(
+        parse_log(text),
+        elapsed,
+        summary[-1] if summary else fallback,
+        log,
+        timing.durations(text),
+    )
 
 
 SEPARATOR = "=" * 79
@@ -717,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     results: dict[str, dict[str, Result]] = {n: {} for n in names}
+    # Per suite: the tests slower on rust, confirmed and not (see timing).
+    slow: dict[str, tuple[list[timing.Slow], list[timing.Slow]]] = {}
     if args.from_logs:
         for suite in suites:
             for reactor in REACTORS:
@@ -741,10 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_db(db)
             for suite in suites:
                 for reactor in REACTORS:
-                    jobs = f"-j{suite.jobs}" + (
-                        f" ({suite.note})" if suite.note else ""
-                    )
-                    print(f"{suite.name} on {reactor}, {jobs} ...", end=" ", flush=True)
+                    note = f" ({suite.note})" if suite.note else ""
+                    print(f"{suite.name} on {reactor}{note} ...", end=" ", flush=True)
                     result = run(
                         suite,
                         reactor,
@@ -753,8 +771,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     results[suite.name][reactor] = result
                     print(f"{result.elapsed:.0f} s, {result.summary}", flush=True)
+            for suite in suites:
+                slow[suite.name] = confirm_slow(
+                    suite, results[suite.name], paths[suite.name], db
+                )
 
     table(names, results)
+    timing.wall_table(
+        (n, results[n]["rust"].elapsed, results[n]["epoll"].elapsed)
+        for n in names
+        if len(results[n]) == 2
+    )
 
     expected = load_expected()
     failed: list[str] = []
@@ -767,6 +794,13 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"{suite.name}: not run")
             continue
         regressed, allowed, regressions = compare(ref.outcomes, ours.outcomes, expected)
+        confirmed, noise = slow.get(suite.name) or (
+            found_slow(ref, ours),  # from logs: no reruns
+            [],
+        )
+        failed.extend(
+            timing.report(confirmed, timing.load_expected_slow(), suite.name, noise)
+        )
         for problem in setup_problems(suite, ref.outcomes):
             print(f"{suite.name}: {problem}")
             failed.append(f"{suite.name}: {problem}")
@@ -792,6 +826,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs: {LOGS.relative_to(ROOT)}/")
     print(f"{passed} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def found_slow(ref: Result, ours: Result) -> list[timing.Slow]:
+    """The tests that ran on both reactors and were slower on rust."""
+    compared = timing.ran_on_both(
+        {"rust": ours.durations, "epoll": ref.durations},
+        {"rust": ours.outcomes, "epoll": ref.outcomes},
+    )
+    return timing.find_slow(compared["rust"], compared["epoll"])
+
+
+def confirm_slow(
+    suite: Suite,
+    results: dict[str, Result],
+    pythonpath: Path | None,
+    db: PostgreSQL | None,
+) -> tuple[list[timing.Slow], list[timing.Slow]]:
+    """Rerun the tests of C{suite} found slower on rust; see L{timing.confirm}."""
+    if len(results) < 2:
+        return [], []
+
+    def rerun(reactor: str, tests: list[str]) -> dict[str, float]:
+        db_for = db if suite.needs_db else None
+        return run(suite, reactor, pythonpath, db_for, tests).durations
+
+    return timing.confirm(found_slow(results["epoll"], results["rust"]), rerun)
 
 
 def failing_on_both(

@@ -17,7 +17,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.mark.parametrize(
     ("script", "option"),
-    [("wsgi_bench.py", "--retries"), ("reactor_bench.py", "--quick")],
+    [
+        ("wsgi_bench.py", "--retries"),
+        ("reactor_bench.py", "--quick"),
+        ("latency.py", "--runs"),
+    ],
 )
 def test_help(script: str, option: str) -> None:
     out = subprocess.run(
