@@ -38,7 +38,8 @@ from conformance.run_builders import load_expected
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-LINE = re.compile(r"^(?P<id>\S+) \.\.\. .*\[(?P<outcome>[^\]]+)\]\s*$")
+START = re.compile(r"^(?P<id>\S+) \.\.\. ")
+TAG = re.compile(r"\[([^\]]+)\]")
 OUTCOMES = {
     "OK": "pass",
     "FAIL": "fail",
@@ -54,15 +55,25 @@ OUTCOMES = {
 
 def parse(log: str) -> dict[str, str]:
     """
-    Test id -> outcome, from trial's bwverbose output. A few ids occur more
+    Test id -> outcome, from trial's verbose output (C{bwverbose} or
+    C{timing}): C{id ... [OK]}, where whatever the test printed comes
+    between the two, over as many lines as it printed, and warnings written
+    to stderr may follow on the same line. A few ids occur more
     than once in Twisted's suite (a test inherited by two classes of the same
     name); their outcomes are joined, e.g. C{pass+pass}.
     """
     seen: dict[str, list[str]] = {}
+    current: str | None = None
     for line in log.splitlines():
-        m = LINE.match(line)
-        if m and m["outcome"] in OUTCOMES:
-            seen.setdefault(m["id"], []).append(OUTCOMES[m["outcome"]])
+        m = START.match(line)
+        if m:
+            current, line = m["id"], line[m.end() :]
+        if current is None:
+            continue
+        tags = [t for t in TAG.findall(line) if t in OUTCOMES]
+        if tags:
+            seen.setdefault(current, []).append(OUTCOMES[tags[-1]])
+            current = None
     return {test_id: "+".join(sorted(o)) for test_id, o in seen.items()}
 
 

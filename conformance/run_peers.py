@@ -180,7 +180,7 @@ SUITES: dict[str, Suite] = {
             requires=("httpbin", "werkzeug"),
             note="a worker fires 'shutdown' after each test: it kills httpbin",
         ),
-        Suite("twisted.web", "twisted.web"),
+        Suite("twisted.web", "twisted.web", requires=("httpx",)),
         Suite("twisted.names", "twisted.names"),
         Suite(
             "txpostgres",
