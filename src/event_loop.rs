@@ -267,17 +267,21 @@ impl Loop {
         py: Python<'_>,
         timeout: Option<f64>,
     ) -> PyResult<(Vec<Ready>, Vec<Registration>)> {
+        // Work already queued makes the wait a poll: calls from threads,
+        // writers queued by the optimistic flush itself (they go out next
+        // turn), selectables evicted for a reused descriptor (told next).
+        // With Python selectables registered, the loop wakes up after an
+        // idle second to look for descriptors closed underneath them.
+        let (queued, sweep_due) = {
+            let fds = lock(&self.fds);
+            (fds.has_optimistic() || fds.has_evicted(), !fds.is_empty())
+        };
         let timeout = match timeout {
-            _ if !self.calls.is_empty() => Some(Duration::ZERO),
-            // Writers queued by the optimistic flush itself go out next turn.
-            _ if lock(&self.fds).has_optimistic() => Some(Duration::ZERO),
+            _ if queued || !self.calls.is_empty() => Some(Duration::ZERO),
             Some(t) if t.is_nan() || t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::from_secs_f64(t.min(crate::time::LONGEST_TIMEOUT))),
             None => None,
         };
-        // With Python selectables registered, wake up after an idle second to
-        // look for descriptors closed underneath them.
-        let sweep_due = !lock(&self.fds).is_empty();
         let timeout = if sweep_due {
             Some(timeout.map_or(LOST_FD_SWEEP, |t| t.min(LOST_FD_SWEEP)))
         } else {
@@ -300,7 +304,7 @@ impl Loop {
         // Run Python's signal handlers now (a KeyboardInterrupt propagates).
         py.check_signals()?;
         let now = Instant::now();
-        let mut lost = Vec::new();
+        let mut lost = lock(&self.fds).take_evicted();
         if !ready.is_empty() {
             *lock(&self.last_sweep) = now;
         } else if sweep_due {
@@ -308,7 +312,7 @@ impl Loop {
             if now.duration_since(*last) >= LOST_FD_SWEEP {
                 *last = now;
                 drop(last);
-                lost = lock(&self.fds).lost();
+                lost.extend(lock(&self.fds).lost());
             }
         }
         Ok((ready, lost))

@@ -20,7 +20,12 @@
 //! Descriptors closed underneath their registration vanish from epoll
 //! silently. Each Python registration records the identity (device, inode)
 //! of what its fd named when added; [`FdSet::lost`] finds the ones whose fd
-//! is closed or now names something else.
+//! is closed or now names something else. When the number is reused before
+//! that sweep and someone else registers it (another selectable, or a native
+//! handler), the old registration is evicted at once
+//! ([`FdSet::take_evicted`]) and the new one registered afresh: kept, the
+//! old entry would hide the new file from epoll, and the sweep would later
+//! take the new selectable for the lost one.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -97,6 +102,9 @@ pub struct FdSet {
     /// their `doWrite` runs before the next wait instead of after a poll
     /// says writable (a connected socket nearly always is).
     optimistic: Vec<usize>,
+    /// Python registrations whose descriptor number was reused and
+    /// registered by someone else; the loop disconnects them next.
+    evicted: Vec<Registration>,
 }
 
 fn poll_key(idx: usize, gen: u32) -> usize {
@@ -292,7 +300,14 @@ impl FdSet {
         sel: &Bound<'_, PyAny>,
         read: bool,
     ) -> io::Result<()> {
-        match self.lookup(fd) {
+        let found = self.lookup(fd).filter(|&idx| {
+            let reg = &self.slab[idx];
+            let same = matches!(&reg.target, Target::Python(o) if o.is(sel));
+            // Only another selectable on the same number can mean the old one
+            // is gone (an fstat, off the hot path of a reader that writes).
+            same || !self.evict_if_reused(poller, idx)
+        });
+        match found {
             Some(idx) => {
                 let reg = &self.slab[idx];
                 let (reading, writing) = if read {
@@ -454,6 +469,40 @@ impl FdSet {
             .collect()
     }
 
+    /// If the Python registration at `idx` no longer names the file its
+    /// descriptor named when added (closed, and the number reused), take it
+    /// out of the table and queue it for disconnection. Returns whether it did.
+    fn evict_if_reused(&mut self, poller: &Poller, idx: usize) -> bool {
+        let reg = &self.slab[idx];
+        if !matches!(reg.target, Target::Python(_)) || identity(reg.fd) == reg.ident {
+            return false;
+        }
+        let reg = self.slab.remove(idx);
+        // Whatever epoll holds under this number now is the new file's, if
+        // anything: drop it, so the new registration starts clean.
+        let _ = poller.delete(borrow(reg.fd));
+        if let Some(slot) = self.by_fd.get_mut(reg.fd as usize) {
+            if *slot == Some(idx) {
+                *slot = None;
+            }
+        }
+        self.optimistic.retain(|&k| split_key(k).0 != idx);
+        self.evicted.push(reg);
+        true
+    }
+
+    /// Whether registrations are waiting to be disconnected (see
+    /// [`FdSet::take_evicted`]): the loop must not sleep before it does.
+    pub fn has_evicted(&self) -> bool {
+        !self.evicted.is_empty()
+    }
+
+    /// Python registrations evicted because their descriptor number was
+    /// reused; the loop disconnects them with `ConnectionFdescWentAway`.
+    pub fn take_evicted(&mut self) -> Vec<Registration> {
+        std::mem::take(&mut self.evicted)
+    }
+
     /// Register a native handler for `fd`.
     pub fn add_native(
         &mut self,
@@ -463,6 +512,9 @@ impl FdSet {
         reading: bool,
         writing: bool,
     ) -> io::Result<Token> {
+        if let Some(idx) = self.lookup(fd) {
+            self.evict_if_reused(poller, idx);
+        }
         if self.lookup(fd).is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,

@@ -606,6 +606,89 @@ def test_descriptor_closed_underneath_is_disconnected(reactor: RustReactor) -> N
     b.close()
 
 
+def _reuse_number(sock: socket.socket, other: socket.socket) -> socket.socket:
+    """
+    Close C{sock}'s descriptor underneath it and give its number to a
+    duplicate of C{other}, as when a number is reused; returns a socket
+    object for that number.
+    """
+    fd = sock.fileno()
+    os.dup2(other.fileno(), fd)
+    sock.detach()
+    return socket.socket(fileno=fd)
+
+
+def test_reused_descriptor_number_is_registered_afresh(reactor: RustReactor) -> None:
+    """
+    A selectable whose descriptor was closed underneath it, and whose number
+    now names another socket registered by another selectable: the old one
+    is disconnected with ConnectionFdescWentAway at the next iteration, and
+    the new one gets its events (the old entry neither hides the new file
+    from epoll nor makes the idle sweep take the new selectable for lost).
+    """
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    old = Reader(reactor, a)
+    reactor.addReader(old)
+    reused = _reuse_number(a, c)
+    new = Reader(reactor, reused)
+    reactor.addReader(new)
+    d.sendall(b"to the new one")
+    reactor.iterate(5)
+    assert old.lost and old.lost[0].check(error.ConnectionFdescWentAway)
+    assert new.data == b"to the new one"
+    assert reactor.getReaders() == [new]
+    # An idle second later, the sweep leaves the new selectable alone.
+    reactor.iterate(1.1)
+    assert new.lost == [] and reactor.getReaders() == [new]
+    reactor.removeAll()
+    for s in (reused, b, c, d):
+        s.close()
+
+
+def test_reused_descriptor_number_can_go_to_a_native_handler(
+    reactor: RustReactor,
+) -> None:
+    """
+    The same, when the number goes to a native handler (the WSGI host's
+    listener): registering it does not fail, and the old selectable is told.
+    """
+    from twisted_shim.wsgi.server import WSGIServer
+
+    a, b = socket.socketpair()
+    old = Reader(reactor, a)
+    reactor.addReader(old)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    reused = _reuse_number(a, listener)
+    listener.close()
+
+    def app(environ: dict, start_response: object) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])  # type: ignore[operator]
+        return [b"ok"]
+
+    server = WSGIServer(app, reactor=reactor)
+    server.listen(reused)
+    client = socket.create_connection(reused.getsockname(), timeout=10)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    client.setblocking(False)
+    got = b""
+    for _ in range(100):
+        reactor.iterate(0.05)
+        try:
+            got += client.recv(65536)
+        except BlockingIOError:
+            continue
+        if got.endswith(b"ok"):
+            break
+    assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"ok"), got
+    assert old.lost and old.lost[0].check(error.ConnectionFdescWentAway)
+    server.abort()
+    client.close()
+    b.close()
+
+
 def test_regular_file_is_polled_continuously(reactor: RustReactor, tmp_path) -> None:
     """epoll cannot watch regular files; they fall back as in epollreactor."""
     path = tmp_path / "f"
