@@ -10,6 +10,8 @@ Suites (SUITE is one of these names; C{--only} may be repeated):
     twisted.web    Twisted's, from the installed Twisted
     twisted.names  Twisted's, from the installed Twisted
     txpostgres     txpostgres's tests, from its sdist, against PostgreSQL
+    txredisapi     txredisapi's tests, from the sdist of the installed
+                   txredisapi, against Redis
     test_adbapi    twisted.test.test_adbapi, copied out of the installed
                    Twisted and patched so its psycopg tests reach the same
                    PostgreSQL server (run as the top-level C{test_adbapi})
@@ -20,6 +22,11 @@ between runs, ignored by git), extracted afresh into C{_peers/src/}, patched
 where they need it (each patch is printed: file, line, change and why), and
 their tests run from there with the extracted package first on
 C{PYTHONPATH}. The installed packages are never modified.
+
+The suites that need Redis get a throwaway C{redis-server} on 127.0.0.1 (a
+free port) and on a unix socket in a temporary directory, emptied
+(C{FLUSHALL}) before each run; the trial processes reach it through
+C{TXREDISAPI_TEST_HOST}/C{_PORT}/C{_SOCKET}, which the patched tests read.
 
 The suites that need PostgreSQL get a throwaway server: C{initdb} into a new
 temporary directory, C{pg_ctl start} listening on 127.0.0.1 on a free port
@@ -81,7 +88,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -151,6 +158,7 @@ class Suite:
     target: str  # what trial is given
     source: Sdist | Copied | None = None  # None: the installed package
     needs_db: bool = False
+    needs_redis: bool = False
     # Modules the suite's tests import; checked up front, because a missing
     # one would only turn the tests into errors or skips on both reactors.
     requires: tuple[str, ...] = ()
@@ -232,6 +240,44 @@ SUITES: dict[str, Suite] = {
             requires=("psycopg",),
             must_run=("Psycopg",),
             note="one shared database",
+        ),
+        Suite(
+            "txredisapi",
+            "tests",
+            source=Sdist(
+                "txredisapi",
+                _installed("txredisapi"),
+                patches=(
+                    Patch(
+                        "tests/mixins.py",
+                        r'REDIS_HOST = "localhost"',
+                        'REDIS_HOST = os.environ.get("TXREDISAPI_TEST_HOST", '
+                        '"localhost")',
+                        "REDIS_HOST from TXREDISAPI_TEST_HOST",
+                        "the tests hard-code localhost; ours is a throwaway "
+                        "server on 127.0.0.1",
+                    ),
+                    Patch(
+                        "tests/mixins.py",
+                        r"REDIS_PORT = 6379",
+                        'REDIS_PORT = int(os.environ.get("TXREDISAPI_TEST_PORT", '
+                        '"6379"))',
+                        "REDIS_PORT from TXREDISAPI_TEST_PORT",
+                        "the tests hard-code port 6379; ours listens on a free port",
+                    ),
+                    Patch(
+                        "tests/test_unix_connection.py",
+                        r'redis_sock = "/tmp/redis.sock"',
+                        'redis_sock = __import__("os").environ.get('
+                        '"TXREDISAPI_TEST_SOCKET", "/tmp/redis.sock")',
+                        "redis_sock from TXREDISAPI_TEST_SOCKET",
+                        "the tests hard-code /tmp/redis.sock",
+                    ),
+                ),
+            ),
+            needs_redis=True,
+            must_run=("test_unix_connection.", "test_basics."),
+            note="one shared Redis",
         ),
     )
 }
@@ -528,6 +574,92 @@ def postgres() -> Iterator[PostgreSQL]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class Redis:
+    """A throwaway redis-server, see L{redis}."""
+
+    def __init__(self, port: int, unix_socket: Path) -> None:
+        self.port = port
+        self.unix_socket = unix_socket
+
+    def flush(self) -> None:
+        """Empty every database (C{FLUSHALL}), so each run starts alike."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            reply = s.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise SystemExit(f"redis-server answered FLUSHALL with {reply!r}")
+
+    def env(self) -> dict[str, str]:
+        """What a trial process needs in its environment to reach us."""
+        return {
+            "TXREDISAPI_TEST_HOST": "127.0.0.1",
+            "TXREDISAPI_TEST_PORT": str(self.port),
+            "TXREDISAPI_TEST_SOCKET": str(self.unix_socket),
+        }
+
+
+@contextmanager
+def redis() -> Iterator[Redis]:
+    """
+    Start a throwaway redis-server (no persistence) on 127.0.0.1 and a unix
+    socket; stop it and delete its directory when done, whatever happens.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("no redis-server on PATH: make services installs it")
+    base = Path(tempfile.mkdtemp(prefix="run_peers_redis_"))
+    server = Redis(_free_port(), base / "redis.sock")
+    cmd = [binary, "--port", str(server.port), "--bind", "127.0.0.1"]
+    cmd += ["--unixsocket", str(server.unix_socket), "--unixsocketperm", "700"]
+    cmd += ["--save", "", "--appendonly", "no", "--dir", str(base)]
+    log = (base / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                server.flush()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        "redis-server did not start: "
+                        + (base / "server.log").read_text(errors="replace")[-500:]
+                    ) from None
+                time.sleep(0.05)
+        print(f"started redis-server on 127.0.0.1:{server.port}", flush=True)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        print("stopped redis-server", flush=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Services:
+    """The throwaway servers of a run (C{None} where no suite needs one)."""
+
+    pg: PostgreSQL | None = None
+    redis: Redis | None = None
+
+    def prepare(self, suite: Suite) -> dict[str, str]:
+        """Reset what C{suite} uses; return the environment that reaches it."""
+        env: dict[str, str] = {}
+        if suite.needs_db and self.pg is not None:
+            self.pg.reset_database()
+            env.update(self.pg.env())
+        if suite.needs_redis and self.redis is not None:
+            self.redis.flush()
+            env.update(self.redis.env())
+        return env
+
+
 def check_db(server: PostgreSQL) -> None:
     """
     Connect the way the suites' tests do, so a broken setup fails here
@@ -567,7 +699,7 @@ def run(
     suite: Suite,
     reactor: str,
     pythonpath: Path | None,
-    db: PostgreSQL | None,
+    services: Services,
     tests: list[str] | None = None,
 ) -> Result:
     """
@@ -595,9 +727,7 @@ def run(
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p
         )
-    if db is not None:
-        db.reset_database()
-        env.update(db.env())
+    env.update(services.prepare(suite))
     start = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(
@@ -753,27 +883,23 @@ def main(argv: list[str] | None = None) -> int:
         paths = {
             s.name: None if s.source is None else prepare(s.source) for s in suites
         }
-        db_cm: AbstractContextManager[PostgreSQL | None] = (
-            postgres() if any(s.needs_db for s in suites) else nullcontext()
-        )
-        with db_cm as db:
-            if db is not None:
-                check_db(db)
+        with ExitStack() as stack:
+            services = Services()
+            if any(s.needs_db for s in suites):
+                services.pg = stack.enter_context(postgres())
+                check_db(services.pg)
+            if any(s.needs_redis for s in suites):
+                services.redis = stack.enter_context(redis())
             for suite in suites:
                 for reactor in REACTORS:
                     note = f" ({suite.note})" if suite.note else ""
                     print(f"{suite.name} on {reactor}{note} ...", end=" ", flush=True)
-                    result = run(
-                        suite,
-                        reactor,
-                        paths[suite.name],
-                        db if suite.needs_db else None,
-                    )
+                    result = run(suite, reactor, paths[suite.name], services)
                     results[suite.name][reactor] = result
                     print(f"{result.elapsed:.0f} s, {result.summary}", flush=True)
             for suite in suites:
                 slow[suite.name] = confirm_slow(
-                    suite, results[suite.name], paths[suite.name], db
+                    suite, results[suite.name], paths[suite.name], services
                 )
 
     table(names, results)
@@ -841,15 +967,14 @@ def confirm_slow(
     suite: Suite,
     results: dict[str, Result],
     pythonpath: Path | None,
-    db: PostgreSQL | None,
+    services: Services,
 ) -> tuple[list[timing.Slow], list[timing.Slow]]:
     """Rerun the tests of C{suite} found slower on rust; see L{timing.confirm}."""
     if len(results) < 2:
         return [], []
 
     def rerun(reactor: str, tests: list[str]) -> dict[str, float]:
-        db_for = db if suite.needs_db else None
-        return run(suite, reactor, pythonpath, db_for, tests).durations
+        return run(suite, reactor, pythonpath, services, tests).durations
 
     return timing.confirm(found_slow(results["epoll"], results["rust"]), rerun)
 
