@@ -575,6 +575,37 @@ BAD_REQUESTS: list[tuple[str, bytes]] = [
         + H
         + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     ),
+    # Chunk lines must follow RFC 9112's grammar to the byte: a bare LF in an
+    # extension made one request two (the second, smuggled, was served).
+    (
+        "chunk-ext-smuggling",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"2;\nxx\r\n50\r\n0\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Length: 27\r\n\r\nZZZZZZZZZZZZZZZZZZZZ\r\n0\r\n\r\n",
+    ),
+    *(
+        (
+            name,
+            b"POST /echo HTTP/1.1\r\n"
+            + H
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + line
+            + b"\r\n0\r\n\r\n",
+        )
+        for name, line in [
+            ("chunk-ext-bare-lf-in-name", b"3;a\nbc\r\nabc"),
+            ("chunk-ext-bare-lf-alone", b"3;\n\r\nabc"),
+            ("chunk-ext-nul", b"3;a\x00b\r\nabc"),
+            ("chunk-size-trailing-space", b"3 \r\nabc"),
+            ("chunk-ext-unterminated-quote", b'3;a="b\r\nabc'),
+        ]
+    ),
+    (
+        "chunk-ext-bare-lf-last-chunk",
+        b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n0;\nx\r\n\r\n",
+    ),
 ]
 
 

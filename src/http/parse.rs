@@ -7,6 +7,12 @@
 //! bare LF, obs-fold, invalid characters, both `Content-Length` and
 //! `Transfer-Encoding`, invalid or repeated `Content-Length`, and transfer
 //! codings other than `chunked` are all 400.
+//!
+//! A chunk-size line is parsed by [`parse_chunk_line`] to RFC 9112's grammar
+//! exactly (`httparse::parse_chunk_size` skips anything up to a LF in an
+//! extension, so a bare LF there split one request into two): hex digits,
+//! then `BWS ";" BWS name [BWS "=" BWS value]` extensions with token names
+//! and token or quoted-string values, then CRLF; anything else is 400.
 
 use std::fmt;
 
@@ -334,14 +340,7 @@ impl ChunkedDecoder {
                             return Ok(pos);
                         }
                     };
-                    if !rest[0].is_ascii_hexdigit() {
-                        return Err(Reject::BadRequest("invalid chunk size"));
-                    }
-                    let size = match httparse::parse_chunk_size(&rest[..line_end + 2]) {
-                        Ok(httparse::Status::Complete((n, size))) if n == line_end + 2 => size,
-                        _ => return Err(Reject::BadRequest("invalid chunk size")),
-                    };
-                    let digits = rest.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                    let (size, digits) = parse_chunk_line(&rest[..line_end])?;
                     self.extensions += line_end - digits;
                     if self.extensions > MAX_CHUNK_EXTENSIONS {
                         return Err(Reject::BadRequest("chunk extensions too long"));
@@ -410,6 +409,96 @@ impl ChunkedDecoder {
             }
         }
     }
+}
+
+/// More hex digits than this in a chunk size is 400 (16 fill a u64).
+const MAX_CHUNK_SIZE_DIGITS: usize = 16;
+
+/// RFC 9110's `tchar`, the characters of a token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Skip `BWS` (spaces and tabs) from `i`.
+fn skip_bws(line: &[u8], mut i: usize) -> usize {
+    while i < line.len() && (line[i] == b' ' || line[i] == b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// Parse a token from `i`; returns where it ends, if it is not empty.
+fn token_end(line: &[u8], i: usize) -> Option<usize> {
+    let end = i + line[i..].iter().take_while(|&&b| is_tchar(b)).count();
+    (end > i).then_some(end)
+}
+
+/// Parse a quoted-string starting at `i` (at its opening quote); returns
+/// where it ends. qdtext and quoted-pair exclude CTLs but HTAB, so a NUL,
+/// CR or LF inside is an error.
+fn quoted_end(line: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < line.len() {
+        match line[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                let next = *line.get(i + 1)?;
+                if next != b'\t' && (next < 0x20 || next == 0x7f) {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Parse a chunk-size line (without its CRLF) per RFC 9112 section 7.1:
+///
+/// ```text
+/// chunk-size [ chunk-ext ]
+/// chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// chunk-ext-val = token / quoted-string
+/// ```
+///
+/// Returns the size and how many hex digits it had.
+pub fn parse_chunk_line(line: &[u8]) -> Result<(u64, usize), Reject> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(Reject::BadRequest("invalid chunk size"));
+    }
+    // Leading zeros are allowed, so count what is left of them.
+    let significant = line[..digits].iter().skip_while(|&&b| b == b'0').count();
+    if significant > MAX_CHUNK_SIZE_DIGITS {
+        return Err(Reject::BadRequest("chunk size too large"));
+    }
+    let size = line[..digits]
+        .iter()
+        .fold(0u64, |n, &b| (n << 4) | u64::from(hex(b).unwrap_or(0)));
+    let bad = Reject::BadRequest("invalid chunk extension");
+    let mut i = digits;
+    while i < line.len() {
+        // BWS is allowed only before a ';' (no trailing whitespace).
+        i = skip_bws(line, i);
+        if line.get(i) != Some(&b';') {
+            return Err(bad);
+        }
+        i = skip_bws(line, i + 1);
+        i = token_end(line, i).ok_or(bad.clone())?;
+        let after_name = skip_bws(line, i);
+        if line.get(after_name) == Some(&b'=') {
+            i = skip_bws(line, after_name + 1);
+            i = match line.get(i) {
+                Some(b'"') => quoted_end(line, i),
+                Some(_) => token_end(line, i),
+                None => None,
+            }
+            .ok_or(bad.clone())?;
+        }
+    }
+    Ok((size, digits))
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
@@ -604,6 +693,80 @@ mod tests {
             d.decode(b"ff\r\n", &mut Vec::new(), 10).unwrap_err(),
             Reject::BodyTooLarge
         );
+    }
+
+    #[test]
+    fn chunk_lines_follow_the_grammar() {
+        for ok in [
+            &b"5"[..],
+            b"0005",
+            b"a;x",
+            b"a;x=1",
+            b"a ; x = 1",
+            b"a\t;\tx\t=\t1;y;z=\"q \\\" s\"",
+            b"ffffffffffffffff",
+            b"000000000000000000001",
+        ] {
+            assert!(
+                parse_chunk_line(ok).is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+        assert_eq!(parse_chunk_line(b"1f;a=b").unwrap(), (31, 2));
+        for bad in [
+            &b""[..],
+            b" 5",
+            b"5 ",
+            b"5\t",
+            b"5;",
+            b"5;=1",
+            b"5;a=",
+            b"5;a\nbc",
+            b"5;\n",
+            b"5;a\x00b",
+            b"5;a=\"unterminated",
+            b"5;a=\"nul\x00\"",
+            b"5;a=\"lf\n\"",
+            b"5;a=b c",
+            b"5;a b",
+            b"5x",
+            b"10000000000000000",
+        ] {
+            assert!(
+                parse_chunk_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn smuggling_through_a_bare_lf_in_an_extension_is_refused() {
+        // Found by a reliability test: read as two requests before.
+        let body = b"2;\nxx\r\n50\r\n0\r\n\r\nGET /SMUGGLED HTTP/1.1\r\n";
+        let mut d = ChunkedDecoder::default();
+        assert!(matches!(
+            d.decode(body, &mut Vec::new(), 1 << 20),
+            Err(Reject::BadRequest(_))
+        ));
+        for line in [
+            &b"3;a\nbc\r\n"[..],
+            b"3;\n\r\n",
+            b"0;\nx\r\n",
+            b"3;a\x00b\r\n",
+            b"3 \r\n",
+        ] {
+            let mut d = ChunkedDecoder::default();
+            assert!(
+                matches!(
+                    d.decode(line, &mut Vec::new(), 1 << 20),
+                    Err(Reject::BadRequest(_))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
