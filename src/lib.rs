@@ -11,8 +11,11 @@
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
 //! - [`calls`]: the queue behind `callFromThread`;
 //! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
-//! - [`http`]: the HTTP/1.1 server of the WSGI host, as native handlers;
-//! - [`wsgi`]: PEP 3333 and the pause_output extension on that server.
+//! - [`net`]: socket I/O for protocols native to the loop (accept, reads,
+//!   the `writev`/`sendfile` output queue);
+//! - [`http`]: a service-agnostic HTTP/1.1 server, as native handlers;
+//! - [`wsgi`]: the WSGI host, one service on that server: PEP 3333 and the
+//!   pause_output extension.
 //!
 //! This file only wires the modules into the Python module.
 
@@ -22,6 +25,7 @@ pub mod calls;
 pub mod event_loop;
 pub mod fdset;
 pub mod http;
+pub mod net;
 pub mod time;
 pub mod twisted;
 pub mod wait;
@@ -32,7 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     time::init_pymodule(m)?;
     event_loop::init_pymodule(m)?;
-    http::server::init_pymodule(m)?;
     wsgi::init_pymodule(m)?;
     Ok(())
 }

@@ -5,23 +5,30 @@
 //! ```text
 //! Idle ──bytes──▶ Head ──head──▶ Body ──body──▶ Busy ──response done──▶ Idle (keep-alive)
 //!   │               │              │              │                     └─▶ Closing ─▶ Lingering ─▶ closed
-//!   └─ timeouts, bad input, EOF ───┴──────────────┴─ client gone: the request is aborted
+//!   └─ timeouts, bad input, EOF ───┴──────────────┴─ client gone: the exchange is aborted
 //! ```
 //!
 //! - `Idle`: between requests (or fresh); closed after the keep-alive (or
 //!   header) timeout.
 //! - `Head`/`Body`: a request is arriving; 408 if it stalls past the header
 //!   timeout, 400/413/431 if it is bad, and the connection closes.
-//! - `Busy`: the application has the request. The socket is still read, so
-//!   a client that goes away is noticed while the request is paused; input is
-//!   kept (pipelining) up to a cap, then reading stops until the response is
-//!   done. The next pipelined request is parsed only after that.
+//! - `Busy`: the service has the request (its [`Exchange`]). The socket is
+//!   still read, so a client that goes away is noticed while the request
+//!   waits; input is kept (pipelining) up to a cap, then reading stops until
+//!   the response is done. The next pipelined request is parsed only after.
 //! - `Closing`: the last response is flushed, then writes are shut down and
 //!   input is discarded for a moment (`Lingering`) so the client reads the
 //!   response before the socket is closed, rather than a reset.
 //!
-//! Locks: `st` is held only for short, Python-free sections; every call into
-//! Python (the application, logging) happens with it released.
+//! The response to the request in `Busy` is framed here ([`Response`]): the
+//! service gives a status, headers and body through its
+//! [`Responder`](crate::http::service::Responder), and the connection
+//! chooses `Content-Length`, chunked or close-delimited, adds `Date` and
+//! `Connection`, and logs the request when it ends.
+//!
+//! Locks: `st` is held only for short sections that call no Python and no
+//! service; every call into the service or Python (logging) happens with it
+//! released.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,11 +40,13 @@ use pyo3::types::PyBytes;
 use crate::event_loop::Loop;
 use crate::fdset::{NativeHandler, Readiness, Token};
 use crate::http::parse::{parse_head, BodyKind, ChunkedDecoder, Head, Reject};
-use crate::http::server::Shared;
-use crate::http::write::WriteQueue;
+use crate::http::server::Server;
+use crate::http::service::{ConnInfo, Exchange, Responder, Truncated};
+use crate::http::{http_date, log_date};
+use crate::net::socket::{self, read_into};
+use crate::net::write::WriteQueue;
 use crate::time::lock;
-use crate::wsgi::request::Request;
-use crate::wsgi::respond;
+use crate::twisted::log_failure;
 
 /// Input kept while a response is in progress (pipelined requests).
 const BUSY_READ_CAP: usize = 256 * 1024;
@@ -45,12 +54,8 @@ const BUSY_READ_CAP: usize = 256 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// How long a closing connection waits for the client to read and close.
 const LINGER: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub host: String,
-    pub port: u16,
-}
+/// The body of the page sent when a service fails before its headers.
+const ERROR_PAGE: &[u8] = b"Internal Server Error\n";
 
 pub enum Phase {
     Idle,
@@ -66,12 +71,61 @@ pub enum Phase {
     Lingering,
 }
 
+/// The response to the request in progress, as the connection frames it.
+pub struct Response {
+    method: String,
+    target: String,
+    minor: u8,
+    head_request: bool,
+    /// The request allows the connection to stay open; after the headers,
+    /// whether it will.
+    keep_alive: bool,
+    /// 0 until the service starts the response.
+    status_code: u16,
+    headers_sent: bool,
+    content_length: Option<u64>,
+    /// Body bytes accepted from the service (framing excluded).
+    body_sent: u64,
+    chunked: bool,
+    /// The status or method allows no body: what the service sends is
+    /// counted and dropped.
+    no_body: bool,
+    /// The request was logged (it ended).
+    logged: bool,
+    started: Instant,
+}
+
+impl Response {
+    fn new(head: &Head) -> Response {
+        let head_request = head.method == "HEAD";
+        Response {
+            method: head.method.clone(),
+            target: head.target.clone(),
+            minor: head.minor,
+            head_request,
+            keep_alive: head.keep_alive,
+            status_code: 0,
+            headers_sent: false,
+            content_length: None,
+            body_sent: 0,
+            chunked: false,
+            no_body: head_request,
+            logged: false,
+            started: Instant::now(),
+        }
+    }
+}
+
 pub struct ConnState {
     pub rbuf: Vec<u8>,
     pub phase: Phase,
     pub out: WriteQueue,
-    /// The request whose response is in progress.
-    pub request: Option<Py<Request>>,
+    /// The service's exchange for the request in `Busy`.
+    exchange: Option<Arc<dyn Exchange>>,
+    /// Its response.
+    response: Option<Response>,
+    /// The exchange asked to be told when `out` drains to the high-water mark.
+    waiting_drain: bool,
     /// When the current phase started (or input last arrived, in `Body`).
     pub since: Instant,
     pub eof: bool,
@@ -91,13 +145,8 @@ pub struct Conn {
     pub key: usize,
     pub fd: OwnedFd,
     pub token: Mutex<Option<Token>>,
-    pub shared: Weak<Shared>,
-    pub peer: Peer,
-    pub local: Peer,
-    pub unix: bool,
-    /// The peer is one of `--forwarded-allow-ips`: its proxy headers are
-    /// believed (decided once, at accept).
-    pub trusted_proxy: bool,
+    pub server: Weak<Server>,
+    pub info: Arc<ConnInfo>,
     pub st: Mutex<ConnState>,
 }
 
@@ -109,49 +158,22 @@ enum Action {
     ClientGone,
 }
 
-fn set_linger_zero(fd: i32) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a plain setsockopt with a struct we own, on our socket.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 impl Conn {
-    pub fn new(
-        key: usize,
-        fd: OwnedFd,
-        shared: &Arc<Shared>,
-        peer: Peer,
-        local: Peer,
-        unix: bool,
-    ) -> Arc<Conn> {
-        let proxies = &shared.cfg.proxies;
-        let trusted_proxy = !proxies.is_empty() && proxies.trusts_peer(unix, &peer.host);
+    pub fn new(key: usize, fd: OwnedFd, server: &Arc<Server>, info: ConnInfo) -> Arc<Conn> {
         Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             key,
             fd,
             token: Mutex::new(None),
-            shared: Arc::downgrade(shared),
-            peer,
-            local,
-            unix,
-            trusted_proxy,
+            server: Arc::downgrade(server),
+            info: Arc::new(info),
             st: Mutex::new(ConnState {
                 rbuf: Vec::new(),
                 phase: Phase::Idle,
                 out: WriteQueue::default(),
-                request: None,
+                exchange: None,
+                response: None,
+                waiting_drain: false,
                 since: Instant::now(),
                 eof: false,
                 closed: false,
@@ -168,73 +190,39 @@ impl Conn {
         self.me.upgrade()
     }
 
-    pub fn weak(&self) -> Weak<Conn> {
-        self.me.clone()
+    fn with_loop<R>(&self, py: Python<'_>, f: impl FnOnce(&Loop) -> R) -> Option<R> {
+        let server = self.server.upgrade()?;
+        let lp = server.loop_.bind(py).get();
+        Some(f(lp))
     }
 
-    fn with_loop<R>(&self, py: Python<'_>, f: impl FnOnce(&Loop) -> R) -> Option<R> {
-        let shared = self.shared.upgrade()?;
-        let lp = shared.loop_.bind(py).get();
-        Some(f(lp))
+    pub fn is_closed(&self) -> bool {
+        lock(&self.st).closed
     }
 
     /// Read what the socket has (within the budget). Sets `eof` on end of
     /// stream or a reset.
     fn read_input(&self, st: &mut ConnState) {
-        let mut budget = READ_BUDGET;
-        while budget > 0 && !st.eof {
-            if matches!(st.phase, Phase::Busy) && st.rbuf.len() >= BUSY_READ_CAP {
-                break;
+        if st.eof {
+            return;
+        }
+        let busy = matches!(st.phase, Phase::Busy);
+        let got = read_into(self.fd.as_raw_fd(), &mut st.rbuf, READ_BUDGET, |len| {
+            busy && len >= BUSY_READ_CAP
+        });
+        if got.bytes > 0 {
+            st.input_dirty = true;
+            if let Phase::Body { .. } = st.phase {
+                st.since = Instant::now();
             }
-            st.rbuf.reserve(65536);
-            let spare = st.rbuf.capacity() - st.rbuf.len();
-            let want = spare.min(budget);
-            // SAFETY: reads into the vector's spare capacity, which we own;
-            // `set_len` below covers exactly the bytes read.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    st.rbuf.as_mut_ptr().add(st.rbuf.len()).cast(),
-                    want,
-                )
-            };
-            if n > 0 {
-                let n = n as usize;
-                // SAFETY: the kernel wrote `n` bytes after the old length.
-                unsafe { st.rbuf.set_len(st.rbuf.len() + n) };
-                budget -= n;
-                st.input_dirty = true;
-                if let Phase::Body { .. } = st.phase {
-                    st.since = Instant::now();
-                }
-                if n < want {
-                    // A short read emptied the socket: another read would
-                    // only return EAGAIN. The poller is level-triggered, so
-                    // what arrives meanwhile (end of stream too) is reported
-                    // by the next wait.
-                    break;
-                }
-                continue;
-            }
-            if n == 0 {
-                st.eof = true;
-                st.input_dirty = true;
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock => break,
-                std::io::ErrorKind::Interrupted => continue,
-                _ => {
-                    st.eof = true;
-                    st.input_dirty = true;
-                    break;
-                }
-            }
+        }
+        if got.eof {
+            st.eof = true;
+            st.input_dirty = true;
         }
     }
 
-    fn next_action(&self, st: &mut ConnState, shared: &Shared) -> Action {
+    fn next_action(&self, st: &mut ConnState, server: &Server) -> Action {
         st.input_dirty = false;
         loop {
             if st.closed {
@@ -264,7 +252,7 @@ impl Conn {
                         st.phase = Phase::Head;
                         st.since = Instant::now();
                     }
-                    let head = match parse_head(&st.rbuf, shared.cfg.max_header) {
+                    let head = match parse_head(&st.rbuf, server.cfg.max_header) {
                         Err(r) => return Action::Reject(r),
                         Ok(None) => {
                             return if st.eof { Action::Close } else { Action::Wait };
@@ -273,7 +261,7 @@ impl Conn {
                     };
                     st.rbuf.drain(..head.len);
                     let remaining = match head.body {
-                        BodyKind::Length(n) if n > shared.cfg.max_body as u64 => {
+                        BodyKind::Length(n) if n > server.cfg.max_body as u64 => {
                             return Action::Reject(Reject::BodyTooLarge)
                         }
                         BodyKind::None => return Action::Dispatch(head, Vec::new()),
@@ -285,7 +273,7 @@ impl Conn {
                     }
                     let chunked =
                         matches!(head.body, BodyKind::Chunked).then(ChunkedDecoder::default);
-                    let capacity = (remaining as usize).min(shared.cfg.max_body).min(1 << 20);
+                    let capacity = (remaining as usize).min(server.cfg.max_body).min(1 << 20);
                     st.phase = Phase::Body {
                         head,
                         body: Vec::with_capacity(capacity),
@@ -302,7 +290,7 @@ impl Conn {
                 } => {
                     let done = match chunked {
                         Some(dec) => {
-                            match dec.decode(&st.rbuf, body, shared.cfg.max_body as u64) {
+                            match dec.decode(&st.rbuf, body, server.cfg.max_body as u64) {
                                 Err(r) => return Action::Reject(r),
                                 Ok(used) => {
                                     st.rbuf.drain(..used);
@@ -333,24 +321,17 @@ impl Conn {
 
     /// Parse and dispatch what input there is, as long as there is progress.
     pub fn process(self: &Arc<Self>, py: Python<'_>) {
-        let Some(shared) = self.shared.upgrade() else {
+        let Some(server) = self.server.upgrade() else {
             return;
         };
         loop {
             let action = {
                 let mut st = lock(&self.st);
-                self.next_action(&mut st, &shared)
+                self.next_action(&mut st, &server)
             };
             match action {
                 Action::Wait => return,
-                Action::Dispatch(head, body) => {
-                    {
-                        let mut st = lock(&self.st);
-                        st.phase = Phase::Busy;
-                        st.since = Instant::now();
-                    }
-                    respond::dispatch(py, self, &shared, head, body);
-                }
+                Action::Dispatch(head, body) => self.dispatch(py, &server, head, body),
                 Action::Reject(r) => {
                     self.reject(&r);
                     return;
@@ -365,6 +346,29 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Hand a request that arrived whole to the service.
+    fn dispatch(self: &Arc<Self>, py: Python<'_>, server: &Server, head: Head, body: Vec<u8>) {
+        {
+            let mut st = lock(&self.st);
+            st.phase = Phase::Busy;
+            st.since = Instant::now();
+            st.response = Some(Response::new(&head));
+        }
+        let responder = Responder {
+            conn: self.me.clone(),
+        };
+        let exchange = match server.service.exchange(py, &head, &self.info, responder) {
+            Ok(ex) => ex,
+            Err(e) => {
+                log_failure(py, "while starting to serve a request", e);
+                self.abort(py);
+                return;
+            }
+        };
+        lock(&self.st).exchange = Some(exchange.clone());
+        exchange.start(py, head, body);
     }
 
     /// Answer a bad request with its status and close.
@@ -386,14 +390,14 @@ impl Conn {
         st.rbuf.clear();
     }
 
-    /// Flush output, drive a response waiting for the queue to drain, parse
+    /// Flush output, tell an exchange waiting for the queue to drain, parse
     /// pipelined input, and set the poller's interest to match.
     pub fn settle(self: &Arc<Self>, py: Python<'_>) {
-        let Some(shared) = self.shared.upgrade() else {
+        let Some(server) = self.server.upgrade() else {
             return;
         };
         for _ in 0..1024 {
-            let mut drive: Option<Py<Request>> = None;
+            let mut drained: Option<Arc<dyn Exchange>> = None;
             let mut process = false;
             let mut failed = false;
             {
@@ -407,24 +411,18 @@ impl Conn {
                 }
                 match flushed {
                     Err(_) => failed = true,
-                    Ok(drained) => {
-                        if drained && matches!(st.phase, Phase::Closing) {
-                            // SAFETY: shutting down writes on our own socket.
-                            unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+                    Ok(done) => {
+                        if done && matches!(st.phase, Phase::Closing) {
+                            socket::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR);
                             st.phase = Phase::Lingering;
                             st.since = Instant::now();
                             st.input_dirty = true;
                         }
-                        if st.out.bytes <= shared.cfg.high_water {
-                            if let Some(req) = st.request.as_ref() {
-                                let mut r = req.bind(py).borrow_mut();
-                                if r.waiting_drain {
-                                    r.waiting_drain = false;
-                                    drive = Some(req.clone_ref(py));
-                                }
-                            }
+                        if st.waiting_drain && st.out.bytes <= server.cfg.high_water {
+                            st.waiting_drain = false;
+                            drained = st.exchange.clone();
                         }
-                        if drive.is_none() && st.input_dirty {
+                        if drained.is_none() && st.input_dirty {
                             process = true;
                         }
                     }
@@ -435,8 +433,8 @@ impl Conn {
                 self.client_gone(py);
                 return;
             }
-            if let Some(req) = drive {
-                respond::drive(py, self, &shared, req.bind(py));
+            if let Some(ex) = drained {
+                ex.drained(py);
                 continue;
             }
             if process {
@@ -468,64 +466,309 @@ impl Conn {
         }
     }
 
-    /// Queue response bytes made by the host.
-    pub fn push_owned(&self, data: &[u8]) {
-        lock(&self.st).out.push_owned(data);
+    // --- the response, for the Responder -------------------------------------
+
+    /// See [`Responder::start`].
+    pub fn start_response(
+        &self,
+        status: &str,
+        headers: &[(String, String)],
+        content_length: Option<u64>,
+        close: bool,
+        complete: bool,
+    ) {
+        let mut st = lock(&self.st);
+        let no_keepalive = st.no_keepalive;
+        let Some(r) = st.response.as_mut() else {
+            return;
+        };
+        if r.headers_sent {
+            return;
+        }
+        let code = status
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(500);
+        let bodiless_status = code < 200 || code == 204 || code == 304;
+        r.status_code = code;
+        r.content_length = content_length;
+        r.no_body = r.head_request || bodiless_status;
+        let mut keep_alive = r.keep_alive && !close && !no_keepalive;
+        // Status and header values are latin-1 (the service checked): they
+        // are written one byte per character.
+        let mut head = String::with_capacity(256);
+        head.push_str("HTTP/1.1 ");
+        head.push_str(status);
+        head.push_str("\r\n");
+        let mut has_date = false;
+        for (name, value) in headers {
+            has_date |= name.eq_ignore_ascii_case("date");
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        if !has_date {
+            head.push_str("Date: ");
+            head.push_str(&http_date());
+            head.push_str("\r\n");
+        }
+        if content_length.is_none() && !bodiless_status && !r.head_request {
+            if complete {
+                head.push_str("Content-Length: 0\r\n");
+            } else if r.minor >= 1 {
+                head.push_str("Transfer-Encoding: chunked\r\n");
+                r.chunked = true;
+            } else {
+                // HTTP/1.0 without a length: the body ends with the connection.
+                keep_alive = false;
+            }
+        }
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        } else if r.minor == 0 {
+            head.push_str("Connection: keep-alive\r\n");
+        }
+        head.push_str("\r\n");
+        r.keep_alive = keep_alive;
+        r.headers_sent = true;
+        if head.is_ascii() {
+            st.out.push_owned(head.as_bytes());
+        } else {
+            let bytes: Vec<u8> = head.chars().map(|c| c as u32 as u8).collect();
+            st.out.push_owned(&bytes);
+        }
     }
 
-    pub fn push_py(&self, obj: Py<PyBytes>, start: usize, len: usize) {
-        lock(&self.st).out.push_py(obj, start, len);
+    pub fn headers_sent(&self) -> bool {
+        lock(&self.st)
+            .response
+            .as_ref()
+            .is_some_and(|r| r.headers_sent)
+    }
+
+    /// See [`Responder::body`].
+    pub fn send_body(&self, bytes: &Bound<'_, PyBytes>) -> u64 {
+        let n = bytes.as_bytes().len() as u64;
+        let mut st = lock(&self.st);
+        let Some(r) = st.response.as_mut().filter(|r| r.headers_sent) else {
+            return 0;
+        };
+        if r.no_body {
+            r.body_sent += n;
+            return 0;
+        }
+        let take = match r.content_length {
+            Some(cl) => n.min(cl.saturating_sub(r.body_sent)),
+            None => n,
+        };
+        r.body_sent += take;
+        let chunked = r.chunked;
+        if take > 0 {
+            if chunked {
+                st.out.push_owned(format!("{take:x}\r\n").as_bytes());
+                st.out.push_py(bytes.clone().unbind(), 0, take as usize);
+                st.out.push_owned(b"\r\n");
+            } else {
+                st.out.push_py(bytes.clone().unbind(), 0, take as usize);
+            }
+        }
+        n - take
+    }
+
+    /// See [`Responder::file`].
+    pub fn send_file(&self, fd: OwnedFd, offset: i64, len: u64) {
+        let mut st = lock(&self.st);
+        let Some(r) = st.response.as_mut().filter(|r| r.headers_sent) else {
+            return;
+        };
+        r.body_sent += len;
+        if !r.no_body && len > 0 {
+            st.out.push_file(fd, offset, len);
+        }
+    }
+
+    /// See [`Responder::finish`].
+    pub fn finish_response(&self, py: Python<'_>) -> Result<(), Truncated> {
+        let (truncated, keep_alive) = {
+            let mut st = lock(&self.st);
+            let Some(r) = st.response.as_ref() else {
+                return Ok(());
+            };
+            let truncated = match r.content_length {
+                Some(cl) if !r.no_body && r.body_sent < cl => Some(Truncated {
+                    sent: r.body_sent,
+                    declared: cl,
+                }),
+                _ => None,
+            };
+            let (chunked, keep_alive) = (r.chunked, r.keep_alive);
+            if chunked {
+                st.out.push_owned(b"0\r\n\r\n");
+            }
+            (truncated, keep_alive)
+        };
+        self.log_request(py);
+        if let Some(t) = truncated {
+            return Err(t);
+        }
+        self.response_done(keep_alive);
+        Ok(())
+    }
+
+    /// See [`Responder::fail`].
+    pub fn fail_response(self: &Arc<Self>, py: Python<'_>) {
+        let headers_sent = {
+            let mut st = lock(&self.st);
+            let Some(r) = st.response.as_mut() else {
+                return;
+            };
+            if !r.headers_sent {
+                r.status_code = 500;
+                r.body_sent = ERROR_PAGE.len() as u64;
+                r.headers_sent = true;
+                let head = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nDate: {}\r\nConnection: close\r\n\r\n",
+                    ERROR_PAGE.len(),
+                    http_date()
+                );
+                st.out.push_owned(head.as_bytes());
+                st.out.push_owned(ERROR_PAGE);
+                false
+            } else {
+                true
+            }
+        };
+        if headers_sent {
+            self.log_request(py);
+            self.abort(py);
+            return;
+        }
+        self.log_request(py);
+        self.response_done(false);
     }
 
     pub fn queued(&self) -> usize {
         lock(&self.st).out.bytes
     }
 
+    pub fn over_high_water(&self) -> bool {
+        let high = self
+            .server
+            .upgrade()
+            .map_or(usize::MAX, |s| s.cfg.high_water);
+        lock(&self.st).out.bytes > high
+    }
+
+    pub fn wait_for_drain(&self) {
+        lock(&self.st).waiting_drain = true;
+    }
+
+    /// Write the access-log line of the request in progress, once.
+    fn log_request(&self, py: Python<'_>) {
+        let Some(server) = self.server.upgrade() else {
+            return;
+        };
+        let line = {
+            let mut st = lock(&self.st);
+            let Some(r) = st.response.as_mut() else {
+                return;
+            };
+            if r.logged {
+                return;
+            }
+            r.logged = true;
+            if server.cfg.access_log.is_none() {
+                return;
+            }
+            format!(
+                "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} {:.6}",
+                if self.info.peer.host.is_empty() {
+                    "-"
+                } else {
+                    &self.info.peer.host
+                },
+                log_date(),
+                r.method,
+                r.target,
+                r.minor,
+                r.status_code,
+                r.body_sent,
+                r.started.elapsed().as_secs_f64()
+            )
+        };
+        if let Some(log) = server.cfg.access_log.as_ref() {
+            if let Err(e) = log.call1(py, (line,)) {
+                log_failure(py, "while writing the access log", e);
+            }
+        }
+    }
+
     /// The response to the current request is complete: keep the
     /// connection for the next request, or close it.
-    pub fn response_done(&self, keep_alive: bool) {
-        let mut st = lock(&self.st);
-        st.request = None;
-        st.served += 1;
-        if keep_alive && !st.no_keepalive && !st.eof {
-            st.phase = Phase::Idle;
-            st.input_dirty = true;
-        } else {
-            st.phase = Phase::Closing;
+    fn response_done(&self, keep_alive: bool) {
+        let exchange = {
+            let mut st = lock(&self.st);
+            st.response = None;
+            st.waiting_drain = false;
+            st.served += 1;
+            if keep_alive && !st.no_keepalive && !st.eof {
+                st.phase = Phase::Idle;
+                st.input_dirty = true;
+            } else {
+                st.phase = Phase::Closing;
+            }
+            st.since = Instant::now();
+            st.exchange.take()
+        };
+        // Dropped with the lock released: it may hold Python objects.
+        drop(exchange);
+    }
+
+    /// The request in progress is over without a finished response: tell
+    /// the exchange and log it (499 if the client left before a response
+    /// began, as nginx logs it; 503 if the server gave up on it).
+    fn end_exchange(&self, py: Python<'_>, disconnected: bool) {
+        let exchange = {
+            let mut st = lock(&self.st);
+            if let Some(r) = st.response.as_mut() {
+                if !r.headers_sent && !r.logged {
+                    r.status_code = if disconnected { 499 } else { 503 };
+                }
+            }
+            st.waiting_drain = false;
+            st.exchange.take()
+        };
+        if let Some(ex) = exchange {
+            ex.aborted(py, disconnected);
         }
-        st.since = Instant::now();
+        self.log_request(py);
     }
 
     /// The client went away (EOF, reset, write error): abort the request in
     /// flight, if any, and close.
     pub fn client_gone(self: &Arc<Self>, py: Python<'_>) {
-        let req = lock(&self.st).request.take();
-        if let Some(req) = req {
-            respond::abort(py, req.bind(py), true);
-        }
+        self.end_exchange(py, true);
         self.close(py, false);
     }
 
     /// Abort the connection: the request in flight (if any) is aborted and
     /// the client sees a reset, never a falsely complete response.
     pub fn abort(self: &Arc<Self>, py: Python<'_>) {
-        let req = {
+        {
             let mut st = lock(&self.st);
-            // What the application already produced goes out first (as far
-            // as the socket takes it now): the client sees the response
-            // truncated after it, then the reset.
+            // What was already produced goes out first (as far as the socket
+            // takes it now): the client sees the response truncated after
+            // it, then the reset.
             let _ = st.out.flush(py, self.fd.as_raw_fd());
-            st.request.take()
-        };
-        if let Some(req) = req {
-            respond::abort(py, req.bind(py), false);
         }
+        self.end_exchange(py, false);
         self.close(py, true);
     }
 
     /// Close the connection now (with a reset if `reset`).
     pub fn close(&self, py: Python<'_>, reset: bool) {
-        let (token, req) = {
+        let token = {
             let mut st = lock(&self.st);
             if st.closed {
                 return;
@@ -533,57 +776,53 @@ impl Conn {
             st.closed = true;
             st.out.clear();
             st.rbuf = Vec::new();
-            (lock(&self.token).take(), st.request.take())
+            lock(&self.token).take()
         };
-        if let Some(req) = req {
-            respond::abort(py, req.bind(py), true);
-        }
+        // A request still in progress: its client is gone.
+        self.end_exchange(py, true);
         if reset {
-            set_linger_zero(self.fd.as_raw_fd());
+            socket::set_linger_zero(self.fd.as_raw_fd());
         }
         if let Some(token) = token {
             self.with_loop(py, |lp| lp.remove_native(token));
         }
-        if let Some(shared) = self.shared.upgrade() {
-            shared.forget(self.key);
+        if let Some(server) = self.server.upgrade() {
+            server.forget(self.key);
         }
         // The descriptor closes when the last reference is dropped, which is
         // now or when the caller returns. A reset needs that close (a
         // shutdown would send a FIN); otherwise shut down at once.
         if !reset {
-            // SAFETY: shutting down our own socket; it stays open until dropped.
-            unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            socket::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR);
         }
     }
 
-    /// Apply the header, keep-alive and linger timeouts.
-    pub fn check_timeouts(self: &Arc<Self>, py: Python<'_>, now: Instant, shared: &Shared) {
+    /// Apply the header, keep-alive, send and linger timeouts.
+    pub fn check_timeouts(self: &Arc<Self>, py: Python<'_>, now: Instant, server: &Server) {
         enum Due {
             Nothing,
             Close,
             Timeout,
             Abort,
         }
+        let cfg = &server.cfg;
         let due = {
             let st = lock(&self.st);
             let age = now.saturating_duration_since(st.since);
             match st.phase {
-                Phase::Idle if st.served > 0 && age >= shared.cfg.keepalive_timeout => Due::Close,
-                Phase::Idle if st.served == 0 && age >= shared.cfg.header_timeout => Due::Close,
-                Phase::Head | Phase::Body { .. } if age >= shared.cfg.header_timeout => {
-                    Due::Timeout
-                }
+                Phase::Idle if st.served > 0 && age >= cfg.keepalive_timeout => Due::Close,
+                Phase::Idle if st.served == 0 && age >= cfg.header_timeout => Due::Close,
+                Phase::Head | Phase::Body { .. } if age >= cfg.header_timeout => Due::Timeout,
                 Phase::Lingering if age >= LINGER => Due::Close,
                 // The client takes none of its response: cut it off rather
-                // than hold the request (and its application) forever.
+                // than hold the request (and its service) forever.
                 Phase::Busy | Phase::Closing
                     if !st.out.is_empty()
-                        && now.saturating_duration_since(st.last_sent)
-                            >= shared.cfg.send_timeout =>
+                        && now.saturating_duration_since(st.last_sent) >= cfg.send_timeout =>
                 {
                     Due::Abort
                 }
-                Phase::Closing if age >= shared.cfg.keepalive_timeout.max(LINGER) * 6 => {
+                Phase::Closing if age >= cfg.keepalive_timeout.max(LINGER) * 6 => {
                     // The client does not read its last response.
                     Due::Close
                 }

@@ -6,13 +6,16 @@
 //! who may connect) is believed about two things, as gunicorn and uvicorn
 //! believe them:
 //!
-//! - `X-Forwarded-Proto` (`http` or `https`; the last of a list) becomes
-//!   `wsgi.url_scheme`;
+//! - `X-Forwarded-Proto` (`http` or `https`; the last of a list) is the
+//!   scheme the client used ([`scheme`]);
 //! - `X-Forwarded-For` names the client: walking the list from the right
 //!   (the hop nearest to us), trusted proxies are skipped and the first
-//!   other address is the client; if every hop is trusted, the leftmost.
-//!   It becomes `REMOTE_ADDR` (and `REMOTE_PORT` becomes `0`: the port the
-//!   client used is not known).
+//!   other address is the client; if every hop is trusted, the leftmost
+//!   ([`TrustedProxies::client`]). The port the client used is not known.
+//!
+//! The connection decides once, at accept, whether its peer is trusted
+//! ([`crate::http::service::ConnInfo::trusted_proxy`]); a service applies
+//! these rules to the headers of that connection's requests.
 //!
 //! A value that is not one of those (a scheme we do not serve, a hop that is
 //! not an IP address) is ignored rather than passed on: the environ keeps

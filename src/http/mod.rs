@@ -1,24 +1,29 @@
-//! The HTTP/1.1 server of the WSGI host, on the reactor's loop.
+//! A service-agnostic HTTP/1.1 server on the reactor's loop.
+//!
+//! It owns parsing, framing, limits, timeouts, keep-alive and pipelining,
+//! backpressure and the connections' socket I/O (through [`crate::net`]);
+//! what to answer is a [`service::Service`]'s business, reached only
+//! through the interface in [`service`]. This layer is interface-agnostic:
+//! an application interface is one service on it, and dependencies point
+//! from there to here, never back.
 //!
 //! - [`parse`]: request heads (`httparse` plus the strictness a server needs)
 //!   and chunked bodies;
-//! - [`write`]: the output queue (`writev`, `sendfile`, no copy of the
-//!   application's bytes);
-//! - [`conn`]: one connection: reading, framing requests, timeouts,
-//!   keep-alive and pipelining, closing;
-//! - [`server`]: the Python-facing `HttpServer`: listeners, the connection
-//!   table, the timeout sweep, graceful shutdown;
+//! - [`service`]: the boundary: `Service`, `Exchange`, `Responder`, `ConnInfo`;
+//! - [`conn`]: one connection: reading, framing requests and responses,
+//!   timeouts, keep-alive and pipelining, closing;
+//! - [`server`]: listeners, the connection table, the timeout sweep,
+//!   graceful shutdown;
 //! - [`forwarded`]: which peers' `X-Forwarded-For`/`-Proto` are believed.
 //!
 //! Connections are native handlers of the loop ([`crate::fdset::NativeHandler`]):
-//! no Python transport or protocol object is involved until the application
-//! is called (see [`crate::wsgi`]).
+//! no Python transport or protocol object is involved.
 
 pub mod conn;
 pub mod forwarded;
 pub mod parse;
 pub mod server;
-pub mod write;
+pub mod service;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,15 +1,20 @@
-//! PEP 3333 on the HTTP server, with the pause_output extension.
+//! The WSGI host: PEP 3333, with the pause_output extension, as one service
+//! of the HTTP server ([`crate::http`]), which it reaches only through
+//! `crate::http::service`.
 //!
 //! - this file: the environ and `wsgi.file_wrapper`;
+//! - [`host`]: the Python-facing host object, its configuration, and the
+//!   service that makes one [`request::Request`] per HTTP request;
 //! - [`request`]: the per-request Python object (`start_response`, `write`,
 //!   `pause_output`, `flush`, `client_disconnected`, `wait`) and `resume`;
-//! - [`respond`]: calling the application, pulling its iterable, framing
-//!   and sending the response, errors, and aborts.
+//! - [`respond`]: calling the application, pulling its iterable, handing
+//!   its response to the HTTP layer, errors, and aborts.
 //!
 //! Everything here runs on the reactor thread with the GIL held, except
 //! `resume()`, which any thread may call: it only flips an atomic state and
-//! queues a continuation on the loop (`shared/specs/pause_output.md`, rule 4).
+//! queues a continuation on the loop (`docs/pause_output.md`, rule 4).
 
+pub mod host;
 pub mod request;
 pub mod respond;
 
@@ -18,10 +23,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::http::conn::Conn;
 use crate::http::forwarded;
 use crate::http::parse::{percent_decode, split_target, Head, Reject};
-use crate::http::server::Shared;
+use crate::wsgi::host::WsgiShared;
 use crate::wsgi::request::Request;
 
 static BYTES_IO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -58,12 +62,12 @@ fn cgi_name(name: &str) -> Option<String> {
 /// The environ of one request.
 pub fn build_environ<'py>(
     py: Python<'py>,
-    shared: &Shared,
-    conn: &Conn,
+    shared: &WsgiShared,
     head: &Head,
     body: Vec<u8>,
     req: &Bound<'py, Request>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let conn = req.borrow().info.clone();
     let env = PyDict::new(py);
     let (path, query) = split_target(&head.target)
         .map_err(|r: Reject| pyo3::exceptions::PyValueError::new_err(r.to_string()))?;
@@ -91,7 +95,7 @@ pub fn build_environ<'py>(
     let mut host_header: Option<Vec<u8>> = None;
     let mut content_length_seen = false;
     // Proxy headers, all occurrences, read only from a trusted peer.
-    let proxies = &shared.cfg.proxies;
+    let proxies = &shared.proxies;
     let trusted = conn.trusted_proxy;
     let mut forwarded_for: Option<String> = None;
     let mut forwarded_proto: Option<String> = None;
@@ -268,6 +272,7 @@ impl FileWrapper {
 }
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    host::init_pymodule(m)?;
     m.add_class::<FileWrapper>()?;
     m.add_class::<request::Request>()?;
     m.add_class::<request::Resume>()?;

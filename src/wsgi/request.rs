@@ -16,8 +16,7 @@
 //! from the application on the reactor thread (never inside `resume()`).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, Weak};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -25,10 +24,10 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::event_loop::Loop;
-use crate::http::conn::Conn;
-use crate::http::server::Shared;
+use crate::http::service::{ConnInfo, Responder};
 use crate::time::{lock, DelayedCall};
 use crate::twisted::log_failure;
+use crate::wsgi::host::WsgiShared;
 use crate::wsgi::respond;
 
 pub const ARMED: u8 = 0;
@@ -36,29 +35,22 @@ pub const PAUSED: u8 = 1;
 pub const RESUMED: u8 = 2;
 pub const DEAD: u8 = 3;
 
-/// One request's WSGI state, and the Python callables of its environ.
+/// One request's WSGI state, and the Python callables of its environ. The
+/// HTTP side of the request (framing, what was sent, the access log) is the
+/// connection's; this object reaches it only through `responder`.
 #[pyclass(module = "twisted_shim._core")]
 pub struct Request {
-    pub conn: Weak<Conn>,
-    pub shared: Weak<Shared>,
+    pub responder: Responder,
+    pub info: Arc<ConnInfo>,
+    pub shared: Weak<WsgiShared>,
     pub method: String,
     pub target: String,
-    pub minor: u8,
-    pub head_request: bool,
-    /// The client allows the connection to stay open.
-    pub keep_alive: bool,
     pub status: Option<String>,
-    pub status_code: u16,
     pub headers: Vec<(String, String)>,
     pub headers_sent: bool,
+    /// The application's own `Content-Length`, if it gave one.
     pub content_length: Option<u64>,
-    /// Body bytes accepted from the application (framing excluded).
-    pub body_sent: u64,
-    pub chunked: bool,
-    /// The body ends when the connection closes (HTTP/1.0, no length).
-    pub close_delimited: bool,
-    /// The status allows no body (1xx, 204, 304), or the request is HEAD.
-    pub no_body: bool,
+    /// The application sent `Connection: close`.
     pub app_close: bool,
     pub result: Option<Py<PyAny>>,
     pub iter: Option<Py<PyAny>>,
@@ -68,40 +60,30 @@ pub struct Request {
     pub pause: Option<Py<Resume>>,
     pub suspended: bool,
     pub next_turn: bool,
-    pub waiting_drain: bool,
     pub finished: bool,
     pub disconnected: bool,
-    pub started: Instant,
+    /// The application sent more than its `Content-Length` (logged once).
     pub overflow_logged: bool,
 }
 
 impl Request {
     pub fn new(
-        conn: Weak<Conn>,
-        shared: Weak<Shared>,
+        responder: Responder,
+        info: Arc<ConnInfo>,
+        shared: Weak<WsgiShared>,
         method: String,
         target: String,
-        minor: u8,
-        keep_alive: bool,
     ) -> Self {
-        let head_request = method == "HEAD";
         Request {
-            conn,
+            responder,
+            info,
             shared,
             method,
             target,
-            minor,
-            head_request,
-            keep_alive,
             status: None,
-            status_code: 0,
             headers: Vec::new(),
             headers_sent: false,
             content_length: None,
-            body_sent: 0,
-            chunked: false,
-            close_delimited: false,
-            no_body: head_request,
             app_close: false,
             result: None,
             iter: None,
@@ -111,10 +93,8 @@ impl Request {
             pause: None,
             suspended: false,
             next_turn: false,
-            waiting_drain: false,
             finished: false,
             disconnected: false,
-            started: Instant::now(),
             overflow_logged: false,
         }
     }
@@ -201,11 +181,11 @@ impl Request {
             .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|c| c.parse::<u16>().ok())
             .filter(|c| (100..=999).contains(c));
-        let Some(code) = code else {
+        if code.is_none() {
             return Err(PyValueError::new_err(format!(
                 "invalid status {status:?}: expected e.g. '200 OK'"
             )));
-        };
+        }
         if status.len() < 5
             || status.as_bytes()[3] != b' '
             || status.contains(['\r', '\n'])
@@ -276,11 +256,9 @@ impl Request {
         {
             let mut r = slf.borrow_mut();
             r.status = Some(status);
-            r.status_code = code;
             r.headers = headers;
             r.content_length = content_length;
             r.app_close = app_close;
-            r.no_body = r.head_request || code < 200 || code == 204 || code == 304;
         }
         slf.getattr(intern!(py, "write"))
     }
@@ -305,18 +283,14 @@ impl Request {
         let bytes = data.cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
         })?;
-        let conn = slf.borrow().conn.upgrade();
-        let (Some(conn), Some(shared)) = (conn, slf.borrow().shared.upgrade()) else {
-            return Ok(());
-        };
-        respond::send_body(py, &conn, &shared, slf, bytes)
+        respond::send_body(py, slf, bytes)
     }
 
     /// `wsgi.pause_output(timeout=None) -> resume`.
     #[pyo3(signature = (timeout=None))]
     fn pause_output(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<Py<Resume>> {
         let py = slf.py();
-        let (shared, conn) = {
+        let (shared, responder) = {
             let r = slf.borrow();
             if !r.on_reactor_thread() {
                 return Err(PyRuntimeError::new_err(
@@ -338,7 +312,7 @@ impl Request {
                     "pause_output() called while already armed or paused",
                 ));
             }
-            (r.shared.upgrade(), r.conn.clone())
+            (r.shared.upgrade(), r.responder.clone())
         };
         let Some(shared) = shared else {
             return Err(PyRuntimeError::new_err("the server is gone"));
@@ -361,7 +335,7 @@ impl Request {
                 state: AtomicU8::new(ARMED),
                 timed_out: AtomicBool::new(false),
                 request: slf.clone().unbind(),
-                conn,
+                responder,
                 loop_: shared.loop_.clone_ref(py),
                 interrupts: Mutex::new(Vec::new()),
                 timer: Mutex::new(None),
@@ -385,17 +359,16 @@ impl Request {
     /// `x-wsgiorg.flush()`: send the status line and headers now.
     fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (conn, shared, ready) = {
+        let (responder, ready) = {
             let r = slf.borrow();
             (
-                r.conn.upgrade(),
-                r.shared.upgrade(),
+                r.responder.clone(),
                 r.status.is_some() && !r.headers_sent && !r.finished,
             )
         };
-        if let (Some(conn), Some(shared), true) = (conn, shared, ready) {
-            respond::send_headers(py, &conn, &shared, slf)?;
-            conn.settle(py);
+        if ready && responder.is_open() {
+            respond::send_headers(py, slf, false)?;
+            responder.flush(py);
         }
         Ok(())
     }
@@ -455,7 +428,7 @@ pub struct Resume {
     pub state: AtomicU8,
     timed_out: AtomicBool,
     request: Py<Request>,
-    conn: Weak<Conn>,
+    responder: Responder,
     loop_: Py<Loop>,
     interrupts: Mutex<Vec<Py<PyAny>>>,
     timer: Mutex<Option<Py<DelayedCall>>>,
@@ -506,7 +479,7 @@ impl Resume {
             py,
             Continue {
                 request: self.request.clone_ref(py),
-                conn: self.conn.clone(),
+                responder: self.responder.clone(),
                 turn: false,
             },
         )?;
@@ -622,20 +595,17 @@ impl PauseTimeout {
 #[pyclass(module = "twisted_shim._core", frozen)]
 pub struct Continue {
     pub request: Py<Request>,
-    pub conn: Weak<Conn>,
+    pub responder: Responder,
     pub turn: bool,
 }
 
 #[pymethods]
 impl Continue {
     fn __call__(&self, py: Python<'_>) {
-        let Some(conn) = self.conn.upgrade() else {
+        if !self.responder.is_open() {
             return;
-        };
+        }
         let req = self.request.bind(py);
-        let Some(shared) = req.borrow().shared.upgrade() else {
-            return;
-        };
         {
             let mut r = req.borrow_mut();
             if r.finished {
@@ -658,7 +628,7 @@ impl Continue {
                 r.pause = None;
             }
         }
-        respond::drive(py, &conn, &shared, req);
-        conn.settle(py);
+        respond::drive(py, req);
+        self.responder.flush(py);
     }
 }

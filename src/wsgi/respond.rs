@@ -1,4 +1,5 @@
-//! Calling the application and sending its response.
+//! Calling the application and sending its response through the request's
+//! [`Responder`](crate::http::service::Responder).
 //!
 //! [`dispatch`] builds the environ and calls the application (its `write()`
 //! may queue output meanwhile); [`drive`] then pulls items from the iterable
@@ -6,28 +7,23 @@
 //! output passes the high-water mark (resumed when it drains). Headers go
 //! out with the first non-empty chunk, on `flush()`, or at the end.
 //!
-//! Framing: the application's `Content-Length` if it gave one (more bytes
-//! than that are dropped and logged; fewer abort the connection), else
-//! chunked for HTTP/1.1, else the end of the connection. HEAD, 1xx, 204 and
-//! 304 responses carry no body.
+//! The HTTP layer frames the response (the application's `Content-Length`,
+//! else chunked for HTTP/1.1, else the end of the connection; no body for
+//! HEAD, 1xx, 204 and 304) and enforces its `Content-Length`: bytes past it
+//! are dropped and logged here; fewer abort the connection.
 //!
 //! An error from the application before the headers were sent becomes a
 //! 500; after, the connection is reset so the client sees a truncated
 //! response. The iterable's `close()` is called exactly once in every case.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator};
 
-use crate::http::conn::Conn;
 use crate::http::parse::Head;
-use crate::http::server::Shared;
-use crate::http::{http_date, log_date};
-use crate::time::lock;
 use crate::twisted::log_failure;
 use crate::wsgi::request::{Continue, Request};
 use crate::wsgi::{build_environ, FileWrapper};
@@ -36,39 +32,24 @@ use crate::wsgi::{build_environ, FileWrapper};
 const PULL_BUDGET: usize = 64;
 
 /// Call the application for a request whose body has been read.
-pub fn dispatch(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, head: Head, body: Vec<u8>) {
-    let req = Request::new(
-        conn.weak(),
-        Arc::downgrade(shared),
-        head.method.clone(),
-        head.target.clone(),
-        head.minor,
-        head.keep_alive,
-    );
-    let req = match Py::new(py, req) {
-        Ok(r) => r,
-        Err(e) => {
-            log_failure(py, "while creating a WSGI request", e);
-            conn.abort(py);
-            return;
-        }
+pub fn dispatch(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>) {
+    let Some(shared) = req.borrow().shared.upgrade() else {
+        return;
     };
-    let req = req.bind(py);
-    lock(&conn.st).request = Some(req.clone().unbind());
-    let environ = match build_environ(py, shared, conn, &head, body, req) {
+    let environ = match build_environ(py, &shared, head, body, req) {
         Ok(e) => e,
-        Err(e) => return app_error(py, conn, shared, req, e),
+        Err(e) => return app_error(py, req, e),
     };
     let start_response = match req.getattr(intern!(py, "start_response")) {
         Ok(s) => s,
-        Err(e) => return app_error(py, conn, shared, req, e),
+        Err(e) => return app_error(py, req, e),
     };
     req.borrow_mut().in_app_call = true;
     let result = shared.app.bind(py).call1((environ, start_response));
     req.borrow_mut().in_app_call = false;
     let result = match result {
         Ok(r) => r,
-        Err(e) => return app_error(py, conn, shared, req, e),
+        Err(e) => return app_error(py, req, e),
     };
     req.borrow_mut().result = Some(result.clone().unbind());
     if req.borrow().finished {
@@ -77,35 +58,41 @@ pub fn dispatch(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, head: He
         return;
     }
     if let Ok(fw) = result.cast::<FileWrapper>() {
-        match send_file(py, conn, shared, req, &fw.borrow()) {
-            Ok(true) => return finish(py, conn, shared, req),
+        match send_file(py, req, &fw.borrow()) {
+            Ok(true) => return finish(py, req),
             Ok(false) => {}
-            Err(e) => return app_error(py, conn, shared, req, e),
+            Err(e) => return app_error(py, req, e),
         }
     }
     match result.try_iter() {
         Ok(it) => req.borrow_mut().iter = Some(it.into_any().unbind()),
-        Err(e) => return app_error(py, conn, shared, req, e),
+        Err(e) => return app_error(py, req, e),
     }
-    drive(py, conn, shared, req);
+    drive(py, req);
 }
 
-fn schedule_turn(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound<'_, Request>) {
+fn schedule_turn(py: Python<'_>, req: &Bound<'_, Request>) {
     req.borrow_mut().next_turn = true;
+    let (responder, shared) = {
+        let r = req.borrow();
+        (r.responder.clone(), r.shared.upgrade())
+    };
+    let Some(shared) = shared else { return };
     let cont = Continue {
         request: req.clone().unbind(),
-        conn: conn.weak(),
+        responder,
         turn: true,
     };
     let scheduled =
         Py::new(py, cont).and_then(|c| shared.loop_.bind(py).get().call_soon(py, c.into_any()));
     if let Err(e) = scheduled {
-        app_error(py, conn, shared, req, e);
+        app_error(py, req, e);
     }
 }
 
 /// Pull from the application's iterable as far as the rules allow.
-pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound<'_, Request>) {
+pub fn drive(py: Python<'_>, req: &Bound<'_, Request>) {
+    let responder = req.borrow().responder.clone();
     let mut pulled = 0;
     loop {
         let iter = {
@@ -118,13 +105,13 @@ pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound
                 None => return,
             }
         };
-        if conn.queued() > shared.cfg.high_water {
-            // Backpressure: resumed by `Conn::settle` once the queue drains.
-            req.borrow_mut().waiting_drain = true;
+        if responder.over_high_water() {
+            // Backpressure: the connection calls back once the queue drains.
+            responder.wait_for_drain();
             return;
         }
         if pulled == PULL_BUDGET {
-            return schedule_turn(py, conn, shared, req);
+            return schedule_turn(py, req);
         }
         pulled += 1;
         req.borrow_mut().in_iter = true;
@@ -138,8 +125,8 @@ pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound
             return;
         }
         let obj = match item {
-            None => return finish(py, conn, shared, req),
-            Some(Err(e)) => return app_error(py, conn, shared, req, e),
+            None => return finish(py, req),
+            Some(Err(e)) => return app_error(py, req, e),
             Some(Ok(obj)) => obj,
         };
         let bytes = match obj.cast_into::<PyBytes>() {
@@ -153,13 +140,13 @@ pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound
                         .map(|n| n.to_string())
                         .unwrap_or_default()
                 );
-                return app_error(py, conn, shared, req, PyTypeError::new_err(msg));
+                return app_error(py, req, PyTypeError::new_err(msg));
             }
         };
         let empty = bytes.as_bytes().is_empty();
         if !empty {
-            if let Err(e) = send_body(py, conn, shared, req, &bytes) {
-                return app_error(py, conn, shared, req, e);
+            if let Err(e) = send_body(py, req, &bytes) {
+                return app_error(py, req, e);
             }
         }
         let pause = req.borrow().pause.as_ref().map(|p| p.clone_ref(py));
@@ -172,7 +159,7 @@ pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound
                 // Resumed (or timed out) before the yield: go on (rule 3).
                 req.borrow_mut().pause = None;
             }
-            None if empty => return schedule_turn(py, conn, shared, req),
+            None if empty => return schedule_turn(py, req),
             None => {}
         }
     }
@@ -181,8 +168,6 @@ pub fn drive(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound
 /// Queue body bytes, sending the headers first if they are not out yet.
 pub fn send_body(
     py: Python<'_>,
-    conn: &Arc<Conn>,
-    shared: &Shared,
     req: &Bound<'_, Request>,
     bytes: &Bound<'_, PyBytes>,
 ) -> PyResult<()> {
@@ -190,70 +175,38 @@ pub fn send_body(
         return Ok(());
     }
     if !req.borrow().headers_sent {
-        send_headers_at(py, conn, shared, req, false)?;
+        send_headers(py, req, false)?;
     }
-    let n = bytes.as_bytes().len() as u64;
-    let mut r = req.borrow_mut();
-    if r.no_body {
-        r.body_sent += n;
-        return Ok(());
-    }
-    let mut take = n;
-    if let Some(cl) = r.content_length {
-        let allowed = cl.saturating_sub(r.body_sent);
-        if n > allowed {
-            take = allowed;
-            if !r.overflow_logged {
-                r.overflow_logged = true;
-                let msg = format!(
-                    "{} {}: the application sent more than its Content-Length ({cl}); the excess is dropped\n",
-                    r.method, r.target
-                );
-                drop(r);
-                let _ = shared
-                    .errors
-                    .bind(py)
-                    .call_method1(intern!(py, "write"), (msg,));
-                r = req.borrow_mut();
-            }
+    let responder = req.borrow().responder.clone();
+    let dropped = responder.body(bytes);
+    if dropped > 0 && !req.borrow().overflow_logged {
+        let (msg, shared) = {
+            let mut r = req.borrow_mut();
+            r.overflow_logged = true;
+            (
+                format!(
+                    "{} {}: the application sent more than its Content-Length ({}); the excess is dropped\n",
+                    r.method,
+                    r.target,
+                    r.content_length.unwrap_or(0)
+                ),
+                r.shared.upgrade(),
+            )
+        };
+        if let Some(shared) = shared {
+            let _ = shared
+                .errors
+                .bind(py)
+                .call_method1(intern!(py, "write"), (msg,));
         }
-    }
-    r.body_sent += take;
-    let chunked = r.chunked;
-    drop(r);
-    if take == 0 {
-        return Ok(());
-    }
-    let mut st = lock(&conn.st);
-    if chunked {
-        st.out.push_owned(format!("{take:x}\r\n").as_bytes());
-        st.out.push_py(bytes.clone().unbind(), 0, take as usize);
-        st.out.push_owned(b"\r\n");
-    } else {
-        st.out.push_py(bytes.clone().unbind(), 0, take as usize);
     }
     Ok(())
 }
 
-/// `x-wsgiorg.flush()`: the status line and headers, now.
-pub fn send_headers(
-    py: Python<'_>,
-    conn: &Arc<Conn>,
-    shared: &Shared,
-    req: &Bound<'_, Request>,
-) -> PyResult<()> {
-    send_headers_at(py, conn, shared, req, false)
-}
-
-/// Queue the status line and headers. `at_end`: the body is complete (and
-/// empty), so a length can be given instead of chunking.
-fn send_headers_at(
-    _py: Python<'_>,
-    conn: &Arc<Conn>,
-    _shared: &Shared,
-    req: &Bound<'_, Request>,
-    at_end: bool,
-) -> PyResult<()> {
+/// Queue the status line and headers (`x-wsgiorg.flush()`, the first body
+/// bytes, or the end). `at_end`: the body is complete (and empty), so a
+/// length can be given instead of chunking.
+pub fn send_headers(_py: Python<'_>, req: &Bound<'_, Request>, at_end: bool) -> PyResult<()> {
     let mut r = req.borrow_mut();
     if r.headers_sent {
         return Ok(());
@@ -263,66 +216,21 @@ fn send_headers_at(
             "the application produced a body before calling start_response()",
         ));
     };
-    let no_keepalive = lock(&conn.st).no_keepalive;
-    let mut keep_alive = r.keep_alive && !r.app_close && !no_keepalive;
-    // Status and header values are latin-1 (checked by start_response);
-    // they are written one byte per character.
-    let mut head = String::with_capacity(256);
-    head.push_str("HTTP/1.1 ");
-    head.push_str(&status);
-    head.push_str("\r\n");
-    let mut has_date = false;
-    for (name, value) in r.headers.iter() {
-        has_date |= name.eq_ignore_ascii_case("date");
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    if !has_date {
-        head.push_str("Date: ");
-        head.push_str(&http_date());
-        head.push_str("\r\n");
-    }
-    let bodiless_status = r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
-    if r.content_length.is_none() && !bodiless_status {
-        if at_end && !r.head_request {
-            head.push_str("Content-Length: 0\r\n");
-        } else if r.minor >= 1 && !r.head_request {
-            head.push_str("Transfer-Encoding: chunked\r\n");
-            r.chunked = true;
-        } else if !r.head_request {
-            r.close_delimited = true;
-            keep_alive = false;
-        }
-    }
-    if !keep_alive {
-        head.push_str("Connection: close\r\n");
-    } else if r.minor == 0 {
-        head.push_str("Connection: keep-alive\r\n");
-    }
-    head.push_str("\r\n");
-    r.keep_alive = keep_alive;
     r.headers_sent = true;
+    let responder = r.responder.clone();
+    let (headers, content_length, close) = (
+        std::mem::take(&mut r.headers),
+        r.content_length,
+        r.app_close,
+    );
     drop(r);
-    let bytes: Vec<u8> = if head.is_ascii() {
-        head.into_bytes()
-    } else {
-        head.chars().map(|c| c as u32 as u8).collect()
-    };
-    conn.push_owned(&bytes);
+    responder.start(&status, &headers, content_length, close, at_end);
     Ok(())
 }
 
 /// A `wsgi.file_wrapper` over a regular file goes out with `sendfile`.
 /// Returns false (iterate instead) for anything else.
-fn send_file(
-    py: Python<'_>,
-    conn: &Arc<Conn>,
-    shared: &Shared,
-    req: &Bound<'_, Request>,
-    fw: &FileWrapper,
-) -> PyResult<bool> {
+fn send_file(py: Python<'_>, req: &Bound<'_, Request>, fw: &FileWrapper) -> PyResult<bool> {
     let f = fw.filelike.bind(py);
     if req.borrow().status.is_none() || req.borrow().headers_sent {
         return Ok(false);
@@ -363,120 +271,86 @@ fn send_file(
             }
         }
     };
-    send_headers_at(py, conn, shared, req, false)?;
-    let no_body = req.borrow().no_body;
-    if !no_body && len > 0 {
-        // Our own duplicate, so the application may close its file as soon
-        // as we call close() on the wrapper.
-        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(PyErr::from(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-        lock(&conn.st).out.push_file(owned, pos, len);
+    send_headers(py, req, false)?;
+    // Our own duplicate, so the application may close its file as soon as
+    // we call close() on the wrapper.
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(PyErr::from(std::io::Error::last_os_error()));
     }
-    req.borrow_mut().body_sent += len;
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    req.borrow().responder.clone().file(owned, pos, len);
     Ok(true)
 }
 
 /// The iterable ended: finish the response.
-fn finish(py: Python<'_>, conn: &Arc<Conn>, shared: &Arc<Shared>, req: &Bound<'_, Request>) {
+fn finish(py: Python<'_>, req: &Bound<'_, Request>) {
     if !req.borrow().headers_sent {
-        if let Err(e) = send_headers_at(py, conn, shared, req, true) {
+        if let Err(e) = send_headers(py, req, true) {
             let e = if req.borrow().status.is_none() {
                 PyRuntimeError::new_err("the application returned without calling start_response()")
             } else {
                 e
             };
-            return app_error(py, conn, shared, req, e);
+            return app_error(py, req, e);
         }
     }
-    let (truncated, chunked, keep_alive, cl, sent) = {
+    let responder = {
         let mut r = req.borrow_mut();
         r.finished = true;
-        let truncated = !r.no_body && r.content_length.is_some_and(|cl| r.body_sent < cl);
-        (
-            truncated,
-            r.chunked,
-            r.keep_alive,
-            r.content_length,
-            r.body_sent,
-        )
+        r.responder.clone()
     };
-    if chunked {
-        conn.push_owned(b"0\r\n\r\n");
-    }
     end_pause(py, req, false);
     close_iterable(py, req);
-    access_log(py, conn, shared, req);
-    if truncated {
-        let msg = {
+    if let Err(t) = responder.finish(py) {
+        let (msg, shared) = {
             let r = req.borrow();
-            format!(
-                "{} {}: the application sent {sent} bytes of its Content-Length {}; connection aborted\n",
-                r.method,
-                r.target,
-                cl.unwrap_or(0)
+            (
+                format!(
+                    "{} {}: the application sent {} bytes of its Content-Length {}; connection aborted\n",
+                    r.method, r.target, t.sent, t.declared
+                ),
+                r.shared.upgrade(),
             )
         };
-        let _ = shared
-            .errors
-            .bind(py)
-            .call_method1(intern!(py, "write"), (msg,));
-        conn.abort(py);
-        return;
+        if let Some(shared) = shared {
+            let _ = shared
+                .errors
+                .bind(py)
+                .call_method1(intern!(py, "write"), (msg,));
+        }
+        responder.abort(py);
     }
-    conn.response_done(keep_alive);
 }
 
 /// The application raised: a 500 if nothing was sent yet, else a reset.
-fn app_error(
-    py: Python<'_>,
-    conn: &Arc<Conn>,
-    shared: &Arc<Shared>,
-    req: &Bound<'_, Request>,
-    err: PyErr,
-) {
-    report(py, shared, req, &err);
-    let headers_sent = {
+fn app_error(py: Python<'_>, req: &Bound<'_, Request>, err: PyErr) {
+    report(py, req, &err);
+    let responder = {
         let mut r = req.borrow_mut();
         r.finished = true;
-        r.headers_sent
+        r.responder.clone()
     };
     end_pause(py, req, true);
     close_iterable(py, req);
-    if headers_sent {
-        conn.abort(py);
-        return;
-    }
-    let body = b"Internal Server Error\n";
-    let head = format!(
-        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nDate: {}\r\nConnection: close\r\n\r\n",
-        body.len(),
-        http_date()
-    );
-    conn.push_owned(head.as_bytes());
-    conn.push_owned(body);
-    {
-        let mut r = req.borrow_mut();
-        r.status_code = 500;
-        r.body_sent = body.len() as u64;
-    }
-    access_log(py, conn, shared, req);
-    conn.response_done(false);
+    responder.fail(py);
 }
 
 /// Log an application error, with its traceback, through `wsgi.errors`.
-fn report(py: Python<'_>, shared: &Shared, req: &Bound<'_, Request>, err: &PyErr) {
-    let what = {
+fn report(py: Python<'_>, req: &Bound<'_, Request>, err: &PyErr) {
+    let (what, shared) = {
         let r = req.borrow();
-        format!(
-            "Error in the WSGI application serving {} {}:\n",
-            r.method, r.target
+        (
+            format!(
+                "Error in the WSGI application serving {} {}:\n",
+                r.method, r.target
+            ),
+            r.shared.upgrade(),
         )
     };
+    let Some(shared) = shared else { return };
     let text = py
         .import("traceback")
         .and_then(|tb| {
@@ -499,7 +373,7 @@ fn report(py: Python<'_>, shared: &Shared, req: &Bound<'_, Request>, err: &PyErr
 
 /// The request is over without finishing (client gone, shutdown abort):
 /// end a pending pause (cancelling a `wait`'s Deferred) and close the
-/// iterable. The caller closes the connection.
+/// iterable. The connection closes itself.
 pub fn abort(py: Python<'_>, req: &Bound<'_, Request>, disconnected: bool) {
     {
         let mut r = req.borrow_mut();
@@ -508,20 +382,9 @@ pub fn abort(py: Python<'_>, req: &Bound<'_, Request>, disconnected: bool) {
             return;
         }
         r.finished = true;
-        if !r.headers_sent {
-            // As nginx logs it: the client closed before a response began.
-            r.status_code = if disconnected { 499 } else { 503 };
-        }
     }
     end_pause(py, req, true);
     close_iterable(py, req);
-    let (conn, shared) = {
-        let r = req.borrow();
-        (r.conn.upgrade(), r.shared.upgrade())
-    };
-    if let (Some(conn), Some(shared)) = (conn, shared) {
-        access_log(py, &conn, &shared, req);
-    }
 }
 
 fn end_pause(py: Python<'_>, req: &Bound<'_, Request>, interrupted: bool) {
@@ -552,32 +415,5 @@ fn close_iterable(py: Python<'_>, req: &Bound<'_, Request>) {
         }
         Ok(false) => {}
         Err(e) => log_failure(py, "while closing a WSGI application's iterable", e),
-    }
-}
-
-fn access_log(py: Python<'_>, conn: &Conn, shared: &Shared, req: &Bound<'_, Request>) {
-    let Some(log) = shared.access_log.as_ref() else {
-        return;
-    };
-    let line = {
-        let r = req.borrow();
-        format!(
-            "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} {:.6}",
-            if conn.peer.host.is_empty() {
-                "-"
-            } else {
-                &conn.peer.host
-            },
-            log_date(),
-            r.method,
-            r.target,
-            r.minor,
-            r.status_code,
-            r.body_sent,
-            r.started.elapsed().as_secs_f64()
-        )
-    };
-    if let Err(e) = log.call1(py, (line,)) {
-        log_failure(py, "while writing the access log", e);
     }
 }

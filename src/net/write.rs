@@ -1,11 +1,10 @@
-//! The output queue of a connection.
+//! The output queue of a stream socket.
 //!
-//! Response bytes are queued as they are produced and written with `writev`
-//! (and `sendfile` for `wsgi.file_wrapper` over a regular file) when the
-//! socket takes them. Body chunks from the application stay the Python
-//! `bytes` objects they were: they are pointed at, not copied. Small pieces
-//! the host makes (status line and headers, chunk-size lines) are gathered
-//! into owned buffers.
+//! Bytes are queued as they are produced and written with `writev` (and
+//! `sendfile` for a span of a regular file) when the socket takes them.
+//! Python `bytes` objects stay what they were: they are pointed at, not
+//! copied. Small pieces a protocol makes (an HTTP status line and headers,
+//! chunk-size lines) are gathered into owned buffers.
 //!
 //! Invariant: `bytes` is the number of bytes still to write, files included.
 

@@ -1,0 +1,260 @@
+//! The WSGI host: one WSGI application served by an [`http::server::Server`]
+//! as its [`Service`], and the Python object that configures and drives it.
+//!
+//! [`WsgiHost`] is what `twisted_shim.wsgi.server.WSGIServer` holds (the
+//! Python name is `HttpServer`, kept for the code that imports it). It
+//! builds the HTTP layer's [`http::server::Config`] and the host's own
+//! [`WsgiConfig`] from its keyword arguments, and forwards listening sockets,
+//! the timeout sweep and graceful shutdown to the server.
+//!
+//! [`WsgiService`] makes one [`Request`] per HTTP request (the per-request
+//! Python object whose bound methods are `start_response`, `write` and the
+//! pause_output keys) and wraps it as the request's [`Exchange`].
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::event_loop::Loop;
+use crate::http;
+use crate::http::forwarded::TrustedProxies;
+use crate::http::parse::Head;
+use crate::http::service::{ConnInfo, Exchange, Responder, Service};
+use crate::wsgi::request::Request;
+use crate::wsgi::respond;
+
+/// What the WSGI layer itself is configured with (the HTTP limits are in
+/// [`http::server::Config`]).
+pub struct WsgiConfig {
+    /// Server-wide cap, in seconds, on one pause of a request's output
+    /// (`None`: no cap); a per-call timeout is capped by it.
+    pub max_pause: Option<f64>,
+    /// `wsgi.url_scheme`, unless a trusted proxy says otherwise.
+    pub url_scheme: String,
+    /// `wsgi.multithread` (thread-pool mode).
+    pub multithread: bool,
+    /// `wsgi.multiprocess` (several workers).
+    pub multiprocess: bool,
+    /// Whether environ gets the pause_output keys (not in thread-pool mode,
+    /// where a thread may simply block).
+    pub pause_keys: bool,
+}
+
+/// What every request of one host shares.
+pub struct WsgiShared {
+    pub cfg: WsgiConfig,
+    /// The same trusted proxies the HTTP layer decided `trusted_proxy` with:
+    /// which `X-Forwarded-For` hop is the client.
+    pub proxies: Arc<TrustedProxies>,
+    pub loop_: Py<Loop>,
+    pub reactor: Py<PyAny>,
+    pub app: Py<PyAny>,
+    /// `wsgi.errors`.
+    pub errors: Py<PyAny>,
+    /// `twisted_shim.wsgi._wait.Waiter`, what `twisted_shim.wait` returns.
+    pub waiter: Py<PyAny>,
+    /// The thread the host was made on (the reactor's): `pause_output` is
+    /// refused elsewhere.
+    pub reactor_thread: ThreadId,
+}
+
+/// The WSGI application as the HTTP server's service.
+pub struct WsgiService {
+    shared: Arc<WsgiShared>,
+}
+
+impl Service for WsgiService {
+    fn exchange(
+        &self,
+        py: Python<'_>,
+        head: &Head,
+        info: &Arc<ConnInfo>,
+        responder: Responder,
+    ) -> PyResult<Arc<dyn Exchange>> {
+        let req = Request::new(
+            responder,
+            info.clone(),
+            Arc::downgrade(&self.shared),
+            head.method.clone(),
+            head.target.clone(),
+        );
+        Ok(Arc::new(WsgiExchange {
+            request: Py::new(py, req)?,
+        }))
+    }
+}
+
+/// One request of the WSGI application, as the connection keeps it.
+struct WsgiExchange {
+    request: Py<Request>,
+}
+
+impl Exchange for WsgiExchange {
+    fn start(&self, py: Python<'_>, head: Head, body: Vec<u8>) {
+        respond::dispatch(py, self.request.bind(py), &head, body);
+    }
+
+    fn drained(&self, py: Python<'_>) {
+        respond::drive(py, self.request.bind(py));
+    }
+
+    fn aborted(&self, py: Python<'_>, disconnected: bool) {
+        respond::abort(py, self.request.bind(py), disconnected);
+    }
+}
+
+/// The WSGI host of one application.
+#[pyclass(module = "twisted_shim._core", name = "HttpServer", frozen)]
+pub struct WsgiHost {
+    server: Arc<http::server::Server>,
+}
+
+fn duration(secs: f64, what: &str) -> PyResult<Duration> {
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a positive number of seconds, not {secs}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[pymethods]
+impl WsgiHost {
+    #[new]
+    #[pyo3(signature = (
+        loop_, app, reactor, *, max_header, max_body, header_timeout, keepalive_timeout,
+        send_timeout,
+        max_pause, high_water, access_log, url_scheme, multithread, pause_keys, errors, waiter,
+        multiprocess=false, forwarded_allow_ips=Vec::new()
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        loop_: Py<Loop>,
+        app: Py<PyAny>,
+        reactor: Py<PyAny>,
+        max_header: usize,
+        max_body: usize,
+        header_timeout: f64,
+        keepalive_timeout: f64,
+        send_timeout: f64,
+        max_pause: Option<f64>,
+        high_water: usize,
+        access_log: Option<Py<PyAny>>,
+        url_scheme: String,
+        multithread: bool,
+        pause_keys: bool,
+        errors: Py<PyAny>,
+        waiter: Py<PyAny>,
+        multiprocess: bool,
+        forwarded_allow_ips: Vec<String>,
+    ) -> PyResult<Self> {
+        let proxies =
+            Arc::new(TrustedProxies::parse(&forwarded_allow_ips).map_err(PyValueError::new_err)?);
+        if max_header < 64 {
+            return Err(PyValueError::new_err(
+                "max_header must be at least 64 bytes",
+            ));
+        }
+        let max_pause = match max_pause {
+            Some(p) if p > 0.0 => Some(p),
+            Some(0.0) => None,
+            Some(p) => {
+                return Err(PyValueError::new_err(format!(
+                    "max_pause must be positive, not {p}"
+                )))
+            }
+            None => None,
+        };
+        let http_cfg = http::server::Config {
+            max_header,
+            max_body,
+            header_timeout: duration(header_timeout, "header_timeout")?,
+            keepalive_timeout: duration(keepalive_timeout, "keepalive_timeout")?,
+            send_timeout: duration(send_timeout, "send_timeout")?,
+            high_water: high_water.max(1),
+            proxies: proxies.clone(),
+            access_log,
+        };
+        let shared = Arc::new(WsgiShared {
+            cfg: WsgiConfig {
+                max_pause,
+                url_scheme,
+                multithread,
+                multiprocess,
+                pause_keys,
+            },
+            proxies,
+            loop_: loop_.clone_ref(py),
+            reactor,
+            app,
+            errors,
+            waiter,
+            reactor_thread: std::thread::current().id(),
+        });
+        let service = Arc::new(WsgiService { shared });
+        Ok(WsgiHost {
+            server: http::server::Server::new(loop_, http_cfg, service),
+        })
+    }
+
+    /// Accept connections on `fd`, a listening, non-blocking stream socket
+    /// that the caller keeps open.
+    fn listen(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        self.server
+            .listen(py, fd)
+            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    }
+
+    /// Accept what is already queued on the listening sockets, then stop
+    /// watching them (the caller closes them).
+    fn stop_accepting(&self, py: Python<'_>) {
+        self.server.stop_accepting(py);
+    }
+
+    /// Open connections.
+    fn connections(&self) -> usize {
+        self.server.connections()
+    }
+
+    /// Connections with a request arriving or in progress.
+    fn active(&self) -> usize {
+        self.server.active()
+    }
+
+    /// Close connections between requests; the others close after their
+    /// current response.
+    fn close_idle(&self, py: Python<'_>) {
+        self.server.close_idle(py);
+    }
+
+    /// Abort every connection (end of the shutdown grace period). Returns
+    /// how many there were.
+    fn abort_all(&self, py: Python<'_>) -> usize {
+        self.server.abort_all(py)
+    }
+
+    /// Apply timeouts; resume accepting after running out of descriptors.
+    fn sweep(&self, py: Python<'_>) {
+        self.server.sweep(py);
+    }
+}
+
+/// Check `--forwarded-allow-ips` entries as the host will read them;
+/// raises `ValueError` naming the first bad one.
+#[pyfunction]
+fn check_forwarded_allow_ips(entries: Vec<String>) -> PyResult<()> {
+    TrustedProxies::parse(&entries)
+        .map(|_| ())
+        .map_err(PyValueError::new_err)
+}
+
+pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<WsgiHost>()?;
+    m.add_function(wrap_pyfunction!(check_forwarded_allow_ips, m)?)?;
+    Ok(())
+}
