@@ -794,6 +794,22 @@ impl Loop {
     }
 }
 
+#[cfg(test)]
+impl Loop {
+    /// A loop for Rust tests of native handlers.
+    pub(crate) fn for_tests() -> Loop {
+        Loop::new().expect("a new loop")
+    }
+
+    /// Wait at most `timeout` seconds and dispatch what is ready to native
+    /// handlers (no reactor: Rust tests register no Python selectables).
+    pub(crate) fn poll_native(&self, py: Python<'_>, timeout: f64) {
+        let (ready, _) = self.wait(py, Some(timeout)).expect("wait");
+        let none = py.None().into_bound(py);
+        self.dispatch(py, &none, ready).expect("dispatch");
+    }
+}
+
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Loop>()?;
     m.add("POLL_IN", POLL_IN)?;

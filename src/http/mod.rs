@@ -25,6 +25,9 @@ pub mod parse;
 pub mod server;
 pub mod service;
 
+#[cfg(test)]
+mod service_tests;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
