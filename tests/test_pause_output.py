@@ -614,6 +614,35 @@ def test_rule10_write_from_a_callback_during_a_pause_raises(server: Server) -> N
     }
 
 
+def test_callbacks_into_the_request_from_its_own_callbacks(server: Server) -> None:
+    """
+    An application that calls back into its request from callbacks the
+    request itself runs (inside wait(), next() and close()) gets the
+    answers the contract gives, and the response completes: no crash, no
+    hang, nothing in the server's log.
+    """
+    key = unique()
+    resp = get(server.port, f"/p/reentrant?key={key}")
+    assert resp.status == 200
+    assert resp.body == json.dumps({"items": 2}).encode()
+    assert get(server.port, f"/state?key={key}").json() == {
+        "flush_in_wait": "ok",
+        "disconnected_in_wait": "False",
+        "pause_in_wait": "RuntimeError",
+        "write_in_wait": "RuntimeError",
+        "start_response_in_wait": "RuntimeError",
+        "result": "'fired'",
+        "flush_in_next": "ok",
+        "write_in_next": "RuntimeError",
+        "write_in_close": "RuntimeError",
+        "pause_in_close": "RuntimeError",
+        "flush_in_close": "ok",
+        "disconnected_in_close": "False",
+        "pending_resumes": 0,
+        "pending_deferreds": 0,
+    }
+
+
 # --- rule 11: wsgi.input ---------------------------------------------------------------------------
 
 

@@ -983,6 +983,73 @@ def write_in_callback(
     return body()
 
 
+@route("/p/reentrant", validate=False)
+def reentrant(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """
+    (Not validated: it calls start_response and write where PEP 3333 says
+    not to, on purpose, and the validator would raise before the host.)
+
+    Calls back into its own request from callbacks the request triggers:
+    the Deferred it waits on (fired by the reactor while the request is
+    paused) and the iterable's next() and close(), which the host's driver
+    runs. Each call gets its answer (a value, or the RuntimeError the
+    contract says) and the response completes; records under C{key}.
+    """
+    key = query(environ)["key"]
+    rec = record(key)
+    flush = environ["x-wsgiorg.flush"]
+    disconnected = environ["x-wsgiorg.client_disconnected"]
+    pause = environ["wsgi.pause_output"]
+
+    def attempt(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            result = fn()
+            rec[name] = "ok" if result is None else repr(result)
+        except RuntimeError:
+            rec[name] = "RuntimeError"
+
+    write = start_response("200 OK", list(TEXT))
+
+    def in_wait(value: str) -> str:
+        attempt("flush_in_wait", flush)
+        attempt("disconnected_in_wait", disconnected)
+        attempt("pause_in_wait", pause)
+        attempt("write_in_wait", lambda: write(b"from a callback"))
+        attempt("start_response_in_wait", lambda: start_response("500 No", []))
+        return value
+
+    fired: Deferred[str] = Deferred()
+    fired.addCallback(in_wait)
+    waiter = environ["twisted_shim.wait"](fired)
+    reactor.callLater(0, fired.callback, "fired")
+
+    class Body:
+        def __init__(self) -> None:
+            self.items = 0
+
+        def __iter__(self) -> Body:
+            return self
+
+        def __next__(self) -> bytes:
+            self.items += 1
+            if self.items == 1:
+                return b""  # the yield after the pause
+            if self.items == 2:
+                attempt("result", waiter.result)
+                attempt("flush_in_next", flush)
+                attempt("write_in_next", lambda: write(b"x"))
+                return json_body({"items": self.items})
+            raise StopIteration
+
+        def close(self) -> None:
+            attempt("write_in_close", lambda: write(b"x"))
+            attempt("pause_in_close", pause)
+            attempt("flush_in_close", flush)
+            attempt("disconnected_in_close", disconnected)
+
+    return Body()
+
+
 @route("/p/input")
 def paused_input(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """Rule 11: counts its calls under C{key}; reads wsgi.input after a pause

@@ -67,7 +67,7 @@ pub fn build_environ<'py>(
     body: Vec<u8>,
     req: &Bound<'py, Request>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let conn = req.borrow().info.clone();
+    let conn = crate::wsgi::request::state(req)?.info.clone();
     let env = PyDict::new(py);
     let (path, query) = split_target(&head.target)
         .map_err(|r: Reject| pyo3::exceptions::PyValueError::new_err(r.to_string()))?;

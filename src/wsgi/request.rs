@@ -35,9 +35,63 @@ pub const PAUSED: u8 = 1;
 pub const RESUMED: u8 = 2;
 pub const DEAD: u8 = 3;
 
+/// Where a request is, on the application's side. Each step of the
+/// driver, each environ callable and each continuation checks the stage
+/// first, so a call that does not belong (a `write()` from the iterable, a
+/// re-entrant pull while `next()` runs, a stale continuation) is refused or
+/// ignored by construction.
+///
+/// ```text
+/// Calling ──app returned──▶ Ready ──pull──▶ Pulling ──item──▶ Ready ──end──▶ Finished
+///                             │ ▲                     └─yield after pause_output──▶ Paused ──resume──▶ Ready
+///                             │ └──── next loop turn ◀── NextTurn ◀── b"" (or pull budget spent)
+///                             └─ over the high-water mark ──▶ Draining ──drained──▶ Ready
+/// any ──error, client gone, abort──▶ Finished
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The application callable runs: `write()` is allowed.
+    Calling,
+    /// Between items of the iterable: the driver may pull the next one.
+    Ready,
+    /// Inside the iterable's `next()`.
+    Pulling,
+    /// Stopped at a yield after `pause_output()`, until `resume()`.
+    Paused,
+    /// Yielded `b""` without a pause (or spent its pull budget): goes on at
+    /// the next loop turn.
+    NextTurn,
+    /// The connection's output is above the high-water mark: goes on when
+    /// it drains.
+    Draining,
+    /// The response is finished or aborted; nothing of the application
+    /// runs again but its iterable's `close()`, once.
+    Finished,
+}
+
+/// What the application said of its response.
+pub enum Reply {
+    /// `start_response()` not called yet.
+    Unstarted,
+    /// Called; the headers are not out yet, so it may be called again with
+    /// `exc_info`.
+    Started {
+        status: String,
+        headers: Vec<(String, String)>,
+        /// The application sent `Connection: close`.
+        close: bool,
+    },
+    /// The headers went out (to the HTTP layer).
+    Sent,
+}
+
 /// One request's WSGI state, and the Python callables of its environ. The
 /// HTTP side of the request (framing, what was sent, the access log) is the
 /// connection's; this object reaches it only through `responder`.
+///
+/// Rust code reads and changes it only through [`state`] and [`state_mut`],
+/// which turn a re-entrant use (Python code run while the state is borrowed
+/// calling back into the request) into a Python exception, never a panic.
 #[pyclass(module = "twisted_shim._core")]
 pub struct Request {
     pub responder: Responder,
@@ -45,25 +99,35 @@ pub struct Request {
     pub shared: Weak<WsgiShared>,
     pub method: String,
     pub target: String,
-    pub status: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub headers_sent: bool,
+    pub stage: Stage,
+    pub reply: Reply,
     /// The application's own `Content-Length`, if it gave one.
     pub content_length: Option<u64>,
-    /// The application sent `Connection: close`.
-    pub app_close: bool,
+    /// What the application returned; taken when its `close()` is called.
     pub result: Option<Py<PyAny>>,
     pub iter: Option<Py<PyAny>>,
-    pub closed: bool,
-    pub in_app_call: bool,
-    pub in_iter: bool,
     pub pause: Option<Py<Resume>>,
-    pub suspended: bool,
-    pub next_turn: bool,
-    pub finished: bool,
+    /// The client went away (`x-wsgiorg.client_disconnected()`).
     pub disconnected: bool,
     /// The application sent more than its `Content-Length` (logged once).
     pub overflow_logged: bool,
+}
+
+fn reentrant() -> PyErr {
+    PyRuntimeError::new_err(
+        "a WSGI request was called back into while it was busy (re-entrant use from code \
+         the request itself was running)",
+    )
+}
+
+/// The request's state, read-only; a re-entrant use is a Python exception.
+pub fn state<'py>(req: &Bound<'py, Request>) -> PyResult<PyRef<'py, Request>> {
+    req.try_borrow().map_err(|_| reentrant())
+}
+
+/// The request's state, to change; a re-entrant use is a Python exception.
+pub fn state_mut<'py>(req: &Bound<'py, Request>) -> PyResult<PyRefMut<'py, Request>> {
+    req.try_borrow_mut().map_err(|_| reentrant())
 }
 
 impl Request {
@@ -80,23 +144,23 @@ impl Request {
             shared,
             method,
             target,
-            status: None,
-            headers: Vec::new(),
-            headers_sent: false,
+            stage: Stage::Calling,
+            reply: Reply::Unstarted,
             content_length: None,
-            app_close: false,
             result: None,
             iter: None,
-            closed: false,
-            in_app_call: false,
-            in_iter: false,
             pause: None,
-            suspended: false,
-            next_turn: false,
-            finished: false,
             disconnected: false,
             overflow_logged: false,
         }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.stage == Stage::Finished
+    }
+
+    pub fn headers_sent(&self) -> bool {
+        matches!(self.reply, Reply::Sent)
     }
 
     fn on_reactor_thread(&self) -> bool {
@@ -153,15 +217,15 @@ impl Request {
         let py = slf.py();
         let exc_info = exc_info.filter(|e| !e.is_none());
         {
-            let r = slf.borrow();
-            if r.status.is_some() {
+            let r = state(slf)?;
+            if !matches!(r.reply, Reply::Unstarted) {
                 match exc_info {
                     None => {
                         return Err(PyRuntimeError::new_err(
                             "start_response() called again without exc_info",
                         ))
                     }
-                    Some(info) if r.headers_sent => {
+                    Some(info) if r.headers_sent() => {
                         // PEP 3333: re-raise the original exception.
                         let info = info.cast::<PyTuple>()?;
                         let value = info.get_item(1)?;
@@ -254,11 +318,20 @@ impl Request {
             headers.push((name, value));
         }
         {
-            let mut r = slf.borrow_mut();
-            r.status = Some(status);
-            r.headers = headers;
+            let mut r = state_mut(slf)?;
+            if r.headers_sent() {
+                // exc_info was given, but the headers went out meanwhile
+                // (the checks above ran Python code): too late to replace.
+                return Err(PyRuntimeError::new_err(
+                    "start_response() called after the headers were sent",
+                ));
+            }
+            r.reply = Reply::Started {
+                status,
+                headers,
+                close: app_close,
+            };
             r.content_length = content_length;
-            r.app_close = app_close;
         }
         slf.getattr(intern!(py, "write"))
     }
@@ -267,14 +340,14 @@ impl Request {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         {
-            let r = slf.borrow();
-            if !r.in_app_call || r.in_iter {
+            let r = state(slf)?;
+            if r.stage != Stage::Calling {
                 return Err(PyRuntimeError::new_err(
                     "write() may be used only while the application callable runs, \
                      not from its iterable or a callback",
                 ));
             }
-            if r.status.is_none() {
+            if matches!(r.reply, Reply::Unstarted) {
                 return Err(PyRuntimeError::new_err(
                     "write() called before start_response()",
                 ));
@@ -291,18 +364,18 @@ impl Request {
     fn pause_output(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<Py<Resume>> {
         let py = slf.py();
         let (shared, responder) = {
-            let r = slf.borrow();
+            let r = state(slf)?;
             if !r.on_reactor_thread() {
                 return Err(PyRuntimeError::new_err(
                     "pause_output() must be called on the reactor thread",
                 ));
             }
-            if r.finished {
+            if r.finished() {
                 return Err(PyRuntimeError::new_err(
                     "pause_output() called after the response ended",
                 ));
             }
-            if !(r.in_app_call || r.in_iter) {
+            if !matches!(r.stage, Stage::Calling | Stage::Pulling) {
                 return Err(PyRuntimeError::new_err(
                     "pause_output() may be called only while the application or its iterable runs",
                 ));
@@ -352,7 +425,7 @@ impl Request {
             let dc = lp.call_method1(intern!(py, "call_later"), (t, cb))?;
             *lock(&resume.get().timer) = Some(dc.cast_into::<DelayedCall>()?.unbind());
         }
-        slf.borrow_mut().pause = Some(resume.clone_ref(py));
+        state_mut(slf)?.pause = Some(resume.clone_ref(py));
         Ok(resume)
     }
 
@@ -360,10 +433,10 @@ impl Request {
     fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (responder, ready) = {
-            let r = slf.borrow();
+            let r = state(slf)?;
             (
                 r.responder.clone(),
-                r.status.is_some() && !r.headers_sent && !r.finished,
+                matches!(r.reply, Reply::Started { .. }) && !r.finished(),
             )
         };
         if ready && responder.is_open() {
@@ -386,8 +459,7 @@ impl Request {
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let shared = slf
-            .borrow()
+        let shared = state(slf)?
             .shared
             .upgrade()
             .ok_or_else(|| PyRuntimeError::new_err("the server is gone"))?;
@@ -606,26 +678,31 @@ impl Continue {
             return;
         }
         let req = self.request.bind(py);
-        {
-            let mut r = req.borrow_mut();
-            if r.finished {
-                return;
-            }
+        let go_on = state_mut(req).map(|mut r| {
             if self.turn {
-                if !r.next_turn {
-                    return;
+                if r.stage != Stage::NextTurn {
+                    return (false, None);
                 }
-                r.next_turn = false;
             } else {
                 let resumed = r
                     .pause
                     .as_ref()
                     .is_some_and(|p| p.get().state.load(Ordering::SeqCst) == RESUMED);
-                if !r.suspended || !resumed {
-                    return;
+                if r.stage != Stage::Paused || !resumed {
+                    return (false, None);
                 }
-                r.suspended = false;
-                r.pause = None;
+            }
+            r.stage = Stage::Ready;
+            // Dropped after the borrow ends (dropping runs no Python here,
+            // but nothing is dropped under a borrow on principle).
+            (true, if self.turn { None } else { r.pause.take() })
+        });
+        match go_on {
+            Ok((true, pause)) => drop(pause),
+            Ok((false, _)) => return,
+            Err(e) => {
+                log_failure(py, "while resuming a WSGI request", e);
+                return;
             }
         }
         respond::drive(py, req);

@@ -15,6 +15,12 @@
 //! An error from the application before the headers were sent becomes a
 //! 500; after, the connection is reset so the client sees a truncated
 //! response. The iterable's `close()` is called exactly once in every case.
+//!
+//! Each entry point ([`dispatch`], [`drive`], [`abort`]) checks the
+//! request's [`Stage`] and moves it; the request's state is borrowed only
+//! through `state`/`state_mut` and never while Python code runs, and should
+//! a borrow fail all the same, the failure is an error of the request (its
+//! 500 or reset), not a panic.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -25,7 +31,7 @@ use pyo3::types::{PyBytes, PyIterator};
 
 use crate::http::parse::Head;
 use crate::twisted::log_failure;
-use crate::wsgi::request::{Continue, Request};
+use crate::wsgi::request::{state, state_mut, Continue, Reply, Request, Stage};
 use crate::wsgi::{build_environ, FileWrapper};
 
 /// Items pulled in one go before yielding to other connections.
@@ -33,101 +39,118 @@ const PULL_BUDGET: usize = 64;
 
 /// Call the application for a request whose body has been read.
 pub fn dispatch(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>) {
-    let Some(shared) = req.borrow().shared.upgrade() else {
-        return;
-    };
-    let environ = match build_environ(py, &shared, head, body, req) {
-        Ok(e) => e,
-        Err(e) => return app_error(py, req, e),
-    };
-    let start_response = match req.getattr(intern!(py, "start_response")) {
-        Ok(s) => s,
-        Err(e) => return app_error(py, req, e),
-    };
-    req.borrow_mut().in_app_call = true;
-    let result = shared.app.bind(py).call1((environ, start_response));
-    req.borrow_mut().in_app_call = false;
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => return app_error(py, req, e),
-    };
-    req.borrow_mut().result = Some(result.clone().unbind());
-    if req.borrow().finished {
-        // The client went away while the application ran.
-        close_iterable(py, req);
-        return;
+    if let Err(e) = call_app(py, req, head, body) {
+        app_error(py, req, e);
     }
-    if let Ok(fw) = result.cast::<FileWrapper>() {
-        match send_file(py, req, &fw.borrow()) {
-            Ok(true) => return finish(py, req),
-            Ok(false) => {}
-            Err(e) => return app_error(py, req, e),
-        }
-    }
-    match result.try_iter() {
-        Ok(it) => req.borrow_mut().iter = Some(it.into_any().unbind()),
-        Err(e) => return app_error(py, req, e),
-    }
-    drive(py, req);
 }
 
-fn schedule_turn(py: Python<'_>, req: &Bound<'_, Request>) {
-    req.borrow_mut().next_turn = true;
+fn call_app(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>) -> PyResult<()> {
+    let Some(shared) = state(req)?.shared.upgrade() else {
+        return Ok(());
+    };
+    let environ = build_environ(py, &shared, head, body, req)?;
+    let start_response = req.getattr(intern!(py, "start_response"))?;
+    let result = shared.app.bind(py).call1((environ, start_response))?;
+    {
+        let mut r = state_mut(req)?;
+        r.result = Some(result.clone().unbind());
+        if r.finished() {
+            // The client went away while the application ran.
+            drop(r);
+            close_iterable(py, req);
+            return Ok(());
+        }
+        r.stage = Stage::Ready;
+    }
+    if let Ok(fw) = result.cast::<FileWrapper>() {
+        if send_file(py, req, &fw.borrow())? {
+            finish(py, req);
+            return Ok(());
+        }
+    }
+    let it = result.try_iter()?;
+    state_mut(req)?.iter = Some(it.into_any().unbind());
+    drive(py, req);
+    Ok(())
+}
+
+fn schedule_turn(py: Python<'_>, req: &Bound<'_, Request>) -> PyResult<()> {
     let (responder, shared) = {
-        let r = req.borrow();
+        let mut r = state_mut(req)?;
+        r.stage = Stage::NextTurn;
         (r.responder.clone(), r.shared.upgrade())
     };
-    let Some(shared) = shared else { return };
+    let Some(shared) = shared else { return Ok(()) };
     let cont = Continue {
         request: req.clone().unbind(),
         responder,
         turn: true,
     };
-    let scheduled =
-        Py::new(py, cont).and_then(|c| shared.loop_.bind(py).get().call_soon(py, c.into_any()));
-    if let Err(e) = scheduled {
+    let cont = Py::new(py, cont)?;
+    shared.loop_.bind(py).get().call_soon(py, cont.into_any())
+}
+
+/// Pull from the application's iterable as far as the rules allow: only
+/// from `Ready` (or `Draining`, when the connection says it drained).
+pub fn drive(py: Python<'_>, req: &Bound<'_, Request>) {
+    if let Err(e) = pull(py, req) {
         app_error(py, req, e);
     }
 }
 
-/// Pull from the application's iterable as far as the rules allow.
-pub fn drive(py: Python<'_>, req: &Bound<'_, Request>) {
-    let responder = req.borrow().responder.clone();
+fn pull(py: Python<'_>, req: &Bound<'_, Request>) -> PyResult<()> {
+    let responder = {
+        let mut r = state_mut(req)?;
+        match r.stage {
+            Stage::Ready => {}
+            Stage::Draining => r.stage = Stage::Ready,
+            // Finished, paused, waiting for its turn, or already running
+            // (a re-entrant call while `next()` runs): not now.
+            _ => return Ok(()),
+        }
+        r.responder.clone()
+    };
     let mut pulled = 0;
     loop {
         let iter = {
-            let r = req.borrow();
-            if r.finished || r.suspended || r.next_turn {
-                return;
+            let r = state(req)?;
+            if r.stage != Stage::Ready {
+                return Ok(());
             }
             match r.iter.as_ref() {
                 Some(i) => i.clone_ref(py),
-                None => return,
+                None => return Ok(()),
             }
         };
         if responder.over_high_water() {
             // Backpressure: the connection calls back once the queue drains.
+            state_mut(req)?.stage = Stage::Draining;
             responder.wait_for_drain();
-            return;
+            return Ok(());
         }
         if pulled == PULL_BUDGET {
             return schedule_turn(py, req);
         }
         pulled += 1;
-        req.borrow_mut().in_iter = true;
+        state_mut(req)?.stage = Stage::Pulling;
         let item = match iter.bind(py).cast::<PyIterator>() {
             Ok(it) => it.clone().next(),
             Err(e) => Some(Err(e.into())),
         };
-        req.borrow_mut().in_iter = false;
-        if req.borrow().finished {
-            // Aborted from inside the iterable (client gone meanwhile).
-            return;
+        {
+            let mut r = state_mut(req)?;
+            if r.finished() {
+                // Aborted from inside the iterable (client gone meanwhile).
+                return Ok(());
+            }
+            r.stage = Stage::Ready;
         }
         let obj = match item {
-            None => return finish(py, req),
-            Some(Err(e)) => return app_error(py, req, e),
-            Some(Ok(obj)) => obj,
+            None => {
+                finish(py, req);
+                return Ok(());
+            }
+            Some(item) => item?,
         };
         let bytes = match obj.cast_into::<PyBytes>() {
             Ok(b) => b,
@@ -140,24 +163,23 @@ pub fn drive(py: Python<'_>, req: &Bound<'_, Request>) {
                         .map(|n| n.to_string())
                         .unwrap_or_default()
                 );
-                return app_error(py, req, PyTypeError::new_err(msg));
+                return Err(PyTypeError::new_err(msg));
             }
         };
         let empty = bytes.as_bytes().is_empty();
         if !empty {
-            if let Err(e) = send_body(py, req, &bytes) {
-                return app_error(py, req, e);
-            }
+            send_body(py, req, &bytes)?;
         }
-        let pause = req.borrow().pause.as_ref().map(|p| p.clone_ref(py));
+        let pause = state(req)?.pause.as_ref().map(|p| p.clone_ref(py));
         match pause {
             Some(p) => {
                 if p.get().try_suspend() {
-                    req.borrow_mut().suspended = true;
-                    return;
+                    state_mut(req)?.stage = Stage::Paused;
+                    return Ok(());
                 }
                 // Resumed (or timed out) before the yield: go on (rule 3).
-                req.borrow_mut().pause = None;
+                let done = state_mut(req)?.pause.take();
+                drop(done);
             }
             None if empty => return schedule_turn(py, req),
             None => {}
@@ -171,17 +193,24 @@ pub fn send_body(
     req: &Bound<'_, Request>,
     bytes: &Bound<'_, PyBytes>,
 ) -> PyResult<()> {
-    if req.borrow().finished {
+    let (finished, sent) = {
+        let r = state(req)?;
+        (r.finished(), r.headers_sent())
+    };
+    if finished {
         return Ok(());
     }
-    if !req.borrow().headers_sent {
+    if !sent {
         send_headers(py, req, false)?;
     }
-    let responder = req.borrow().responder.clone();
+    let responder = state(req)?.responder.clone();
     let dropped = responder.body(bytes);
-    if dropped > 0 && !req.borrow().overflow_logged {
+    if dropped > 0 {
         let (msg, shared) = {
-            let mut r = req.borrow_mut();
+            let mut r = state_mut(req)?;
+            if r.overflow_logged {
+                return Ok(());
+            }
             r.overflow_logged = true;
             (
                 format!(
@@ -207,23 +236,29 @@ pub fn send_body(
 /// bytes, or the end). `at_end`: the body is complete (and empty), so a
 /// length can be given instead of chunking.
 pub fn send_headers(_py: Python<'_>, req: &Bound<'_, Request>, at_end: bool) -> PyResult<()> {
-    let mut r = req.borrow_mut();
-    if r.headers_sent {
-        return Ok(());
-    }
-    let Some(status) = r.status.clone() else {
-        return Err(PyRuntimeError::new_err(
-            "the application produced a body before calling start_response()",
-        ));
+    let (status, headers, close, content_length, responder) = {
+        let mut r = state_mut(req)?;
+        match std::mem::replace(&mut r.reply, Reply::Sent) {
+            Reply::Sent => return Ok(()),
+            Reply::Unstarted => {
+                r.reply = Reply::Unstarted;
+                return Err(PyRuntimeError::new_err(
+                    "the application produced a body before calling start_response()",
+                ));
+            }
+            Reply::Started {
+                status,
+                headers,
+                close,
+            } => (
+                status,
+                headers,
+                close,
+                r.content_length,
+                r.responder.clone(),
+            ),
+        }
     };
-    r.headers_sent = true;
-    let responder = r.responder.clone();
-    let (headers, content_length, close) = (
-        std::mem::take(&mut r.headers),
-        r.content_length,
-        r.app_close,
-    );
-    drop(r);
     responder.start(&status, &headers, content_length, close, at_end);
     Ok(())
 }
@@ -232,7 +267,7 @@ pub fn send_headers(_py: Python<'_>, req: &Bound<'_, Request>, at_end: bool) -> 
 /// Returns false (iterate instead) for anything else.
 fn send_file(py: Python<'_>, req: &Bound<'_, Request>, fw: &FileWrapper) -> PyResult<bool> {
     let f = fw.filelike.bind(py);
-    if req.borrow().status.is_none() || req.borrow().headers_sent {
+    if !matches!(state(req)?.reply, Reply::Started { .. }) {
         return Ok(false);
     }
     let Ok(fd) = f
@@ -260,13 +295,14 @@ fn send_file(py: Python<'_>, req: &Bound<'_, Request>, fw: &FileWrapper) -> PyRe
     };
     let remaining = (st.st_size - pos).max(0) as u64;
     let len = {
-        let mut r = req.borrow_mut();
+        let mut r = state_mut(req)?;
         match r.content_length {
             Some(cl) => cl.min(remaining),
             None => {
                 r.content_length = Some(remaining);
-                r.headers
-                    .push(("Content-Length".to_owned(), remaining.to_string()));
+                if let Reply::Started { headers, .. } = &mut r.reply {
+                    headers.push(("Content-Length".to_owned(), remaining.to_string()));
+                }
                 remaining
             }
         }
@@ -281,39 +317,43 @@ fn send_file(py: Python<'_>, req: &Bound<'_, Request>, fw: &FileWrapper) -> PyRe
     }
     // SAFETY: `dup` is a fresh descriptor owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-    req.borrow().responder.clone().file(owned, pos, len);
+    state(req)?.responder.clone().file(owned, pos, len);
     Ok(true)
 }
 
 /// The iterable ended: finish the response.
 fn finish(py: Python<'_>, req: &Bound<'_, Request>) {
-    if !req.borrow().headers_sent {
-        if let Err(e) = send_headers(py, req, true) {
-            let e = if req.borrow().status.is_none() {
-                PyRuntimeError::new_err("the application returned without calling start_response()")
-            } else {
-                e
-            };
-            return app_error(py, req, e);
-        }
+    let started = match state(req) {
+        Ok(r) => !matches!(r.reply, Reply::Unstarted),
+        Err(e) => return app_error(py, req, e),
+    };
+    if let Err(e) = send_headers(py, req, true) {
+        let e = if started {
+            e
+        } else {
+            PyRuntimeError::new_err("the application returned without calling start_response()")
+        };
+        return app_error(py, req, e);
     }
-    let responder = {
-        let mut r = req.borrow_mut();
-        r.finished = true;
-        r.responder.clone()
+    let responder = match state_mut(req) {
+        Ok(mut r) => {
+            r.stage = Stage::Finished;
+            r.responder.clone()
+        }
+        Err(e) => return app_error(py, req, e),
     };
     end_pause(py, req, false);
     close_iterable(py, req);
     if let Err(t) = responder.finish(py) {
-        let (msg, shared) = {
-            let r = req.borrow();
-            (
+        let (msg, shared) = match state(req) {
+            Ok(r) => (
                 format!(
                     "{} {}: the application sent {} bytes of its Content-Length {}; connection aborted\n",
                     r.method, r.target, t.sent, t.declared
                 ),
                 r.shared.upgrade(),
-            )
+            ),
+            Err(_) => (String::new(), None),
         };
         if let Some(shared) = shared {
             let _ = shared
@@ -328,10 +368,17 @@ fn finish(py: Python<'_>, req: &Bound<'_, Request>) {
 /// The application raised: a 500 if nothing was sent yet, else a reset.
 fn app_error(py: Python<'_>, req: &Bound<'_, Request>, err: PyErr) {
     report(py, req, &err);
-    let responder = {
-        let mut r = req.borrow_mut();
-        r.finished = true;
-        r.responder.clone()
+    let responder = match state_mut(req) {
+        Ok(mut r) => {
+            r.stage = Stage::Finished;
+            r.responder.clone()
+        }
+        Err(e) => {
+            // Still in use up the stack: that code finds the response
+            // failed when it looks again.
+            log_failure(py, "while failing a WSGI request", e);
+            return;
+        }
     };
     end_pause(py, req, true);
     close_iterable(py, req);
@@ -340,17 +387,16 @@ fn app_error(py: Python<'_>, req: &Bound<'_, Request>, err: PyErr) {
 
 /// Log an application error, with its traceback, through `wsgi.errors`.
 fn report(py: Python<'_>, req: &Bound<'_, Request>, err: &PyErr) {
-    let (what, shared) = {
-        let r = req.borrow();
-        (
+    let (what, shared) = match state(req) {
+        Ok(r) => (
             format!(
                 "Error in the WSGI application serving {} {}:\n",
                 r.method, r.target
             ),
             r.shared.upgrade(),
-        )
+        ),
+        Err(_) => ("Error in the WSGI application:\n".to_owned(), None),
     };
-    let Some(shared) = shared else { return };
     let text = py
         .import("traceback")
         .and_then(|tb| {
@@ -362,6 +408,10 @@ fn report(py: Python<'_>, req: &Bound<'_, Request>, err: &PyErr) {
         .and_then(|lines| lines.extract::<Vec<String>>())
         .map(|lines| lines.concat())
         .unwrap_or_else(|_| format!("{err}\n"));
+    let Some(shared) = shared else {
+        log_failure(py, &what, err.clone_ref(py));
+        return;
+    };
     let errors = shared.errors.bind(py);
     let logged = errors
         .call_method1(intern!(py, "write"), (what + &text,))
@@ -375,36 +425,42 @@ fn report(py: Python<'_>, req: &Bound<'_, Request>, err: &PyErr) {
 /// end a pending pause (cancelling a `wait`'s Deferred) and close the
 /// iterable. The connection closes itself.
 pub fn abort(py: Python<'_>, req: &Bound<'_, Request>, disconnected: bool) {
-    {
-        let mut r = req.borrow_mut();
-        r.disconnected |= disconnected;
-        if r.finished {
+    match state_mut(req) {
+        Ok(mut r) => {
+            r.disconnected |= disconnected;
+            if r.finished() {
+                return;
+            }
+            r.stage = Stage::Finished;
+        }
+        Err(e) => {
+            log_failure(py, "while aborting a WSGI request", e);
             return;
         }
-        r.finished = true;
     }
     end_pause(py, req, true);
     close_iterable(py, req);
 }
 
 fn end_pause(py: Python<'_>, req: &Bound<'_, Request>, interrupted: bool) {
-    let pause = req.borrow_mut().pause.take();
+    let pause = state_mut(req).ok().and_then(|mut r| r.pause.take());
     if let Some(p) = pause {
         p.get().kill(py, interrupted);
     }
 }
 
-/// Call the iterable's `close()`, exactly once.
+/// Call the iterable's `close()`, exactly once (whoever takes `result`).
 fn close_iterable(py: Python<'_>, req: &Bound<'_, Request>) {
-    let result = {
-        let mut r = req.borrow_mut();
-        r.iter = None;
-        if r.closed {
+    let taken = state_mut(req).map(|mut r| (r.iter.take(), r.result.take()));
+    let (iter, result) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            log_failure(py, "while closing a WSGI application's iterable", e);
             return;
         }
-        r.closed = true;
-        r.result.take()
     };
+    // Dropped with no borrow held: a generator's finalizer runs Python.
+    drop(iter);
     let Some(result) = result else { return };
     let result = result.bind(py);
     match result.hasattr(intern!(py, "close")) {
