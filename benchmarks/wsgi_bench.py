@@ -165,6 +165,11 @@ from typing import Any
 
 from _machine import core_build, cpu_model
 
+# The repository, for twisted_shim.testing (standard library only), also
+# when this harness runs on a Python without the project installed.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from twisted_shim.testing import free_port  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS_DIR = HERE / "results"
@@ -328,12 +333,6 @@ def _wait_quiet(timeout: float) -> tuple[float, float]:
         waited = time.monotonic() - start
         if load <= OTHER_CPU_LIMIT or waited >= timeout:
             return waited, load
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
@@ -903,7 +902,7 @@ def _run_wrk(
 def run_pair(plan: Plan, server: Server, app: App) -> PairResult:
     started = time.monotonic()
     result = PairResult(server.name, app.name, "failed", connections=app.connections)
-    port = _free_port()
+    port = free_port(HOST)
     cmd = server.command(app.name, port, plan.ctx)
     result.command = " ".join(cmd)
     env = {
@@ -1059,7 +1058,7 @@ def upstream_server(port: int, delay: float) -> int:
 
 
 def start_upstream(plan: Plan) -> str | None:
-    port = _free_port()
+    port = free_port(HOST)
     log = plan.workdir / "upstream.log"
     cmd = [
         "taskset",

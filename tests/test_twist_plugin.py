@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, free_port, get, write_app
+from cli_support import ROOT, get, write_app
 from twisted.application.service import IService
 from zope.interface.verify import verifyObject
 
 from twisted_shim.reactor import RustReactor
+from twisted_shim.testing import free_port
 from twisted_shim.wsgi.service import WSGIService
 
 TWIST = [sys.executable, "-m", "twisted"]
