@@ -164,6 +164,14 @@ from pathlib import Path
 from typing import Any
 
 from _machine import core_build, cpu_model
+from _report import (
+    markdown_table,
+    plain_table,
+    print_list,
+    print_markdown,
+    read_previous,
+    write_json,
+)
 
 # The repository, for twisted_shim.testing (standard library only), also
 # when this harness runs on a Python without the project installed.
@@ -1205,33 +1213,6 @@ def _rows(
     return rows
 
 
-def _plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if right else c.ljust(w)
-            for c, w, right in zip(cells, widths, ALIGN_RIGHT, strict=True)
-        ).rstrip()
-
-    out = [line(HEADERS), "  ".join("-" * w for w in widths)]
-    prev_app = None
-    for r in rows:
-        if prev_app is not None and r[1] != prev_app:
-            out.append("")
-        prev_app = r[1]
-        out.append(line(r))
-    return "\n".join(out)
-
-
-def _markdown_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADERS) + " |"]
-    out.append("|" + "|".join("---:" if a else "---" for a in ALIGN_RIGHT) + "|")
-    for r in rows:
-        out.append("| " + " | ".join([f"`{r[0]}`", f"`{r[1]}`", *r[2:]]) + " |")
-    return "\n".join(out)
-
-
 def _header(meta: dict[str, Any]) -> list[str]:
     v = meta["versions"]
     return [
@@ -1267,12 +1248,7 @@ def _write_json(
     results: dict[tuple[str, str], PairResult],
     merge: bool,
 ) -> None:
-    runs: dict[str, dict[str, Any]] = {}
-    if merge and path.exists():
-        try:
-            runs = json.loads(path.read_text()).get("results", {})
-        except (OSError, ValueError):
-            runs = {}
+    runs: dict[str, dict[str, Any]] = read_previous(path, "results") if merge else {}
     for (server, app), r in results.items():
         entry = r.to_json()
         entry["date"] = meta["date"]
@@ -1280,8 +1256,7 @@ def _write_json(
         if base and base.rate and r.rate:
             entry["twisted-shim/server"] = round(base.rate / r.rate, 4)
         runs.setdefault(app, {})[server] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": runs}, indent=2) + "\n")
+    write_json(path, {"meta": meta, "results": runs})
 
 
 # --------------------------------------------------------------------------
@@ -1456,34 +1431,27 @@ def harness(args: argparse.Namespace) -> int:
     for line in _header(meta):
         print(line)
     print()
-    print(_plain_table(rows))
+    print(plain_table(HEADERS, rows, ALIGN_RIGHT, group_column=1))
     print()
-    print("Servers:")
-    for line in _server_lines(ctx, servers):
-        print(f"  {line}")
-    print("Apps:")
-    for a in apps:
-        print(f"  {a}: {APPS[a].describe}, {APPS[a].connections} connections")
-    notes = [(k, r) for k, r in results.items() if r.note or r.error]
+    server_lines = _server_lines(ctx, servers)
+    app_lines = [
+        f"{a}: {APPS[a].describe}, {APPS[a].connections} connections" for a in apps
+    ]
+    notes = [
+        f"{a} on {s}: {r.note or (r.error or '').splitlines()[0]}"
+        for (s, a), r in results.items()
+        if r.note or r.error
+    ]
+    print_list("Servers", server_lines)
+    print_list("Apps", app_lines)
     if notes:
-        print("Notes:")
-        for (s, a), r in notes:
-            text = r.note or (r.error or "").splitlines()[0]
-            print(f"  {a} on {s}: {text}")
+        print_list("Notes", notes)
     print()
-    print("Markdown:")
-    print()
-    print("\n".join(f"{line}  " for line in _header(meta)))
-    print()
-    print(_markdown_table(rows))
-    print()
-    for line in _server_lines(ctx, servers):
-        print(f"- {line}")
-    for a in apps:
-        print(f"- {a}: {APPS[a].describe}, {APPS[a].connections} connections")
-    for (s, a), r in notes:
-        print(f"- note, {a} on {s}: {r.note or (r.error or '').splitlines()[0]}")
-    print()
+    print_markdown(
+        _header(meta),
+        markdown_table(HEADERS, rows, ALIGN_RIGHT, code_columns=2),
+        [*server_lines, *app_lines, *(f"note, {n}" for n in notes)],
+    )
     path = (
         Path(args.json)
         if args.json
