@@ -3,7 +3,7 @@ The WSGI host: HTTP/1.1 and PEP 3333 on the Rust loop, with pause_output.
 
 An application runs on the reactor thread. When it must wait for I/O it
 pauses its output, lets a Deferred fire, and is resumed — no thread per
-request (see C{shared/specs/pause_output.md}):
+request (C{docs/pause_output.md} is the contract):
 
     def app(environ, start_response):
         w = environ["twisted_shim.wait"](treq.get(url), timeout=10.0)
