@@ -8,9 +8,15 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
+.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
 
 all: build
+
+# The targets with a "## what it does" comment, as a list.
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+		sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | \
+		awk -F '\t' '{ printf "  make %-18s %s\n", $$1, $$2 }'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,31 +28,31 @@ $(VENV)/.deps: requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.deps
+venv: $(VENV)/.deps ## the virtualenv (.venv) with requirements-dev.txt installed
 
 # The extension, built in release mode into the source tree (editable install).
-build: $(VENV)/.deps
+build: $(VENV)/.deps ## build the Rust extension into the tree (release, editable install)
 	$(BIN)/maturin develop --release -q
 
-run: build
+run: build ## serve examples/hello.py on http://127.0.0.1:8000/ (HOST=, PORT=)
 	@echo "Serving examples/hello.py on http://$(HOST):$(PORT)/ (reactor: rust)"
 	$(BIN)/twisted-shim serve examples.hello:application --bind $(HOST):$(PORT)
 
-test: build test-rust test-python conformance
+test: build test-rust test-python conformance ## everything: Rust tests, pytest, conformance
 
-test-rust: $(VENV)/.deps
+test-rust: $(VENV)/.deps ## cargo test
 	PYO3_PYTHON=$(abspath $(BIN)/python) cargo test --quiet
 
 # PostgreSQL and redis-server binaries for the integration tests (apt-get if
 # missing; system services left stopped). The tests start their own servers.
-services:
+services: ## PostgreSQL and redis-server binaries for the integration tests
 	bash scripts/services.sh
 
-test-python: build services
+test-python: build services ## pytest tests/ (PostgreSQL and Redis on loopback)
 	$(BIN)/python -m pytest -q tests
 
 # The core suites on every other CPython 3.11+ found on PATH (not in `test`).
-test-pythons: build
+test-pythons: build ## core suites + ReactorBuilder on every other CPython 3.11+ found
 	bash scripts/test_pythons.sh
 
 # Twisted's ReactorBuilder suites, then the TCP, reactor and endpoint tests
@@ -54,37 +60,37 @@ test-pythons: build
 # on a test that does worse on rust, in outcome or in time.
 CORE_SUITES := twisted.test.test_tcp twisted.test.test_internet twisted.internet.test.test_endpoints
 
-conformance: build
+conformance: build ## ReactorBuilder suites and core tests, rust and epoll side by side
 	$(BIN)/python -m conformance.run_builders
 	$(BIN)/python -m conformance.run_full --name core --suite $(CORE_SUITES)
 
 # The whole Twisted suite on rust and epoll (about ten minutes: one trial
 # process each, so that every test's duration is known).
-conformance-full: build
+conformance-full: build ## the whole Twisted suite on both (about ten minutes)
 	$(BIN)/python -m conformance.run_full
 
 # The suites treq, twisted.web, twisted.names, txpostgres and test_adbapi ship.
-conformance-peers: build services
+conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgres, test_adbapi, txredisapi
 	$(BIN)/python -m conformance.run_peers
 
-bench: build
+bench: build ## reactor benchmarks, then benchmarks/latency.py
 	$(BIN)/python benchmarks/reactor_bench.py
 	$(BIN)/python benchmarks/latency.py
 
 # WSGI servers side by side (installs the peers into .venv-bench).
-bench-wsgi: build
+bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)
 	$(BIN)/python benchmarks/wsgi_bench.py --setup
 
-lint: $(VENV)/.deps
+lint: $(VENV)/.deps ## cargo fmt --check, cargo clippy -D warnings, ruff
 	cargo fmt --check
 	cargo clippy --quiet -- -D warnings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-fmt:
+fmt: ## cargo fmt and ruff format
 	cargo fmt
 	$(BIN)/ruff check --fix . || true
 	$(BIN)/ruff format .
 
-clean:
+clean: ## remove build and test leftovers
 	rm -rf target _trial_temp* .pytest_cache

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from twisted_shim.testing import free_port
+
 REACTORS = ("rust", "epoll")
 CASES = ("connectionMade_callLater0", "refused_retry", "txredisapi_connect")
 
@@ -61,11 +63,9 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 
 def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    from twisted_shim.testing import free_port
+
+    return free_port()  # nothing listens there
 
 
 listener = socket.socket()
@@ -146,14 +146,6 @@ reactor.callWhenRunning(go)
 reactor.callLater(60, reactor.stop)
 reactor.run()
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes] | None, int]:

@@ -97,6 +97,14 @@ from time import perf_counter
 from typing import Any
 
 from _machine import core_build, cpu_model
+from _report import (
+    markdown_table,
+    plain_table,
+    print_list,
+    print_markdown,
+    read_previous,
+    write_json,
+)
 
 REACTORS: tuple[str, ...] = ("rust", "epoll", "asyncio-uvloop")
 BASELINE = "epoll"
@@ -898,28 +906,7 @@ def _rows(
 
 
 HEADERS = ["benchmark", "unit", "rust", "epoll", "uvloop", "rust/epoll", "uvloop/epoll"]
-
-
-def _plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join(
-        [line(HEADERS), "  ".join("-" * w for w in widths), *map(line, rows)]
-    )
-
-
-def _markdown_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADERS) + " |"]
-    out.append("|" + "|".join(["---", "---"] + ["---:"] * 5) + "|")
-    for r in rows:
-        out.append("| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |")
-    return "\n".join(out)
+ALIGN_RIGHT = [False, False, True, True, True, True, True]
 
 
 def _workloads(names: Iterable[str], params: dict[str, Params]) -> list[str]:
@@ -1036,16 +1023,12 @@ def harness(args: argparse.Namespace) -> int:
     for line in _header(meta):
         print(line)
     print()
-    print(_plain_table(rows))
+    print(plain_table(HEADERS, rows, ALIGN_RIGHT))
     print()
-    print("Workloads:")
-    for w in workloads:
-        print(f"  {w}")
+    print_list("Workloads", workloads)
     notes = _notes(names, results)
     if notes:
-        print("Notes:")
-        for n in notes:
-            print(f"  {n}")
+        print_list("Notes", notes)
     failures = [
         (name, r, pr)
         for name in names
@@ -1059,17 +1042,11 @@ def harness(args: argparse.Namespace) -> int:
             for line in (pr.error or "").splitlines():
                 print(f"    | {line}")
     print()
-    print("Markdown:")
-    print()
-    print("\n".join(f"{line}  " for line in _header(meta)))
-    print()
-    print(_markdown_table(rows))
-    print()
-    for w in workloads:
-        print(f"- {w}")
-    for n in notes:
-        print(f"- note: {n}")
-    print()
+    print_markdown(
+        _header(meta),
+        markdown_table(HEADERS, rows, ALIGN_RIGHT, code_columns=1),
+        [*workloads, *(f"note: {n}" for n in notes)],
+    )
 
     path = (
         Path(args.json)
@@ -1089,12 +1066,7 @@ def _write_json(
     results: dict[str, dict[str, PairResult]],
     merge: bool,
 ) -> None:
-    benchmarks: dict[str, Any] = {}
-    if merge and path.exists():
-        try:
-            benchmarks = json.loads(path.read_text()).get("benchmarks", {})
-        except (OSError, ValueError):
-            benchmarks = {}
+    benchmarks = read_previous(path, "benchmarks") if merge else {}
     for name in names:
         bench = BENCHMARKS[name]
         by = results[name]
@@ -1112,9 +1084,7 @@ def _write_json(
             if pr and pr.best is not None and base and base.best:
                 entry[f"{r}/{BASELINE}"] = round(pr.best / base.best, 4)
         benchmarks[name] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "benchmarks": benchmarks}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, {"meta": meta, "benchmarks": benchmarks})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,6 +164,19 @@ from pathlib import Path
 from typing import Any
 
 from _machine import core_build, cpu_model
+from _report import (
+    markdown_table,
+    plain_table,
+    print_list,
+    print_markdown,
+    read_previous,
+    write_json,
+)
+
+# The repository, for twisted_shim.testing (standard library only), also
+# when this harness runs on a Python without the project installed.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from twisted_shim.testing import free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -328,12 +341,6 @@ def _wait_quiet(timeout: float) -> tuple[float, float]:
         waited = time.monotonic() - start
         if load <= OTHER_CPU_LIMIT or waited >= timeout:
             return waited, load
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
@@ -903,7 +910,7 @@ def _run_wrk(
 def run_pair(plan: Plan, server: Server, app: App) -> PairResult:
     started = time.monotonic()
     result = PairResult(server.name, app.name, "failed", connections=app.connections)
-    port = _free_port()
+    port = free_port(HOST)
     cmd = server.command(app.name, port, plan.ctx)
     result.command = " ".join(cmd)
     env = {
@@ -1059,7 +1066,7 @@ def upstream_server(port: int, delay: float) -> int:
 
 
 def start_upstream(plan: Plan) -> str | None:
-    port = _free_port()
+    port = free_port(HOST)
     log = plan.workdir / "upstream.log"
     cmd = [
         "taskset",
@@ -1206,33 +1213,6 @@ def _rows(
     return rows
 
 
-def _plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if right else c.ljust(w)
-            for c, w, right in zip(cells, widths, ALIGN_RIGHT, strict=True)
-        ).rstrip()
-
-    out = [line(HEADERS), "  ".join("-" * w for w in widths)]
-    prev_app = None
-    for r in rows:
-        if prev_app is not None and r[1] != prev_app:
-            out.append("")
-        prev_app = r[1]
-        out.append(line(r))
-    return "\n".join(out)
-
-
-def _markdown_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADERS) + " |"]
-    out.append("|" + "|".join("---:" if a else "---" for a in ALIGN_RIGHT) + "|")
-    for r in rows:
-        out.append("| " + " | ".join([f"`{r[0]}`", f"`{r[1]}`", *r[2:]]) + " |")
-    return "\n".join(out)
-
-
 def _header(meta: dict[str, Any]) -> list[str]:
     v = meta["versions"]
     return [
@@ -1268,12 +1248,7 @@ def _write_json(
     results: dict[tuple[str, str], PairResult],
     merge: bool,
 ) -> None:
-    runs: dict[str, dict[str, Any]] = {}
-    if merge and path.exists():
-        try:
-            runs = json.loads(path.read_text()).get("results", {})
-        except (OSError, ValueError):
-            runs = {}
+    runs: dict[str, dict[str, Any]] = read_previous(path, "results") if merge else {}
     for (server, app), r in results.items():
         entry = r.to_json()
         entry["date"] = meta["date"]
@@ -1281,8 +1256,7 @@ def _write_json(
         if base and base.rate and r.rate:
             entry["twisted-shim/server"] = round(base.rate / r.rate, 4)
         runs.setdefault(app, {})[server] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": runs}, indent=2) + "\n")
+    write_json(path, {"meta": meta, "results": runs})
 
 
 # --------------------------------------------------------------------------
@@ -1457,34 +1431,27 @@ def harness(args: argparse.Namespace) -> int:
     for line in _header(meta):
         print(line)
     print()
-    print(_plain_table(rows))
+    print(plain_table(HEADERS, rows, ALIGN_RIGHT, group_column=1))
     print()
-    print("Servers:")
-    for line in _server_lines(ctx, servers):
-        print(f"  {line}")
-    print("Apps:")
-    for a in apps:
-        print(f"  {a}: {APPS[a].describe}, {APPS[a].connections} connections")
-    notes = [(k, r) for k, r in results.items() if r.note or r.error]
+    server_lines = _server_lines(ctx, servers)
+    app_lines = [
+        f"{a}: {APPS[a].describe}, {APPS[a].connections} connections" for a in apps
+    ]
+    notes = [
+        f"{a} on {s}: {r.note or (r.error or '').splitlines()[0]}"
+        for (s, a), r in results.items()
+        if r.note or r.error
+    ]
+    print_list("Servers", server_lines)
+    print_list("Apps", app_lines)
     if notes:
-        print("Notes:")
-        for (s, a), r in notes:
-            text = r.note or (r.error or "").splitlines()[0]
-            print(f"  {a} on {s}: {text}")
+        print_list("Notes", notes)
     print()
-    print("Markdown:")
-    print()
-    print("\n".join(f"{line}  " for line in _header(meta)))
-    print()
-    print(_markdown_table(rows))
-    print()
-    for line in _server_lines(ctx, servers):
-        print(f"- {line}")
-    for a in apps:
-        print(f"- {a}: {APPS[a].describe}, {APPS[a].connections} connections")
-    for (s, a), r in notes:
-        print(f"- note, {a} on {s}: {r.note or (r.error or '').splitlines()[0]}")
-    print()
+    print_markdown(
+        _header(meta),
+        markdown_table(HEADERS, rows, ALIGN_RIGHT, code_columns=2),
+        [*server_lines, *app_lines, *(f"note, {n}" for n in notes)],
+    )
     path = (
         Path(args.json)
         if args.json

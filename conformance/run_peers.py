@@ -96,6 +96,7 @@ from types import FrameType
 from conformance import timing
 from conformance.run_builders import load_expected
 from conformance.run_full import OUTCOMES, count, parse, worse
+from twisted_shim.testing import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -407,12 +408,6 @@ def _db_account() -> pwd.struct_passwd | None:
     raise SystemExit("running as root and there is no postgres or nobody user")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgreSQL:
     """A throwaway PostgreSQL server, see L{postgres}."""
 
@@ -510,7 +505,7 @@ def postgres() -> Iterator[PostgreSQL]:
         if account is not None:
             os.chown(base, account.pw_uid, account.pw_gid)
         os.chmod(base, 0o700)
-        server = PostgreSQL(bindir, base, _free_port(), account)
+        server = PostgreSQL(bindir, base, free_port(), account)
         server.run(
             "initdb",
             "--pgdata",
@@ -608,7 +603,7 @@ def redis() -> Iterator[Redis]:
     if binary is None:
         raise SystemExit("no redis-server on PATH: make services installs it")
     base = Path(tempfile.mkdtemp(prefix="run_peers_redis_"))
-    server = Redis(_free_port(), base / "redis.sock")
+    server = Redis(free_port(), base / "redis.sock")
     cmd = [binary, "--port", str(server.port), "--bind", "127.0.0.1"]
     cmd += ["--unixsocket", str(server.unix_socket), "--unixsocketperm", "700"]
     cmd += ["--save", "", "--appendonly", "no", "--dir", str(base)]

@@ -254,13 +254,6 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "twisted_shim", "serve", *args]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def alive(pid: int) -> bool:
     """Whether process C{pid} exists and is not a zombie."""
     try:

@@ -49,7 +49,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-import port_for
 import pytest
 from psycopg import Connection
 from pytest_postgresql import factories as pg_factories
@@ -57,6 +56,8 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from pytest_redis import factories as redis_factories
 from pytest_redis.executor import RedisExecutor
+
+from twisted_shim.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_CTL = ROOT / "scripts" / "pg_ctl_unprivileged.sh"
@@ -77,12 +78,6 @@ def _missing(what: str) -> NoReturn:
         " `apt-get install postgresql redis-server`)",
         pytrace=False,
     )
-
-
-def _free_port() -> int:
-    port = port_for.get_port(None)
-    assert port is not None
-    return port
 
 
 def _own_dir(prefix: str) -> Path:
@@ -107,7 +102,7 @@ def _start_postgres() -> tuple[PostgreSQLExecutor, Path]:
     executor = PostgreSQLExecutor(
         executable=str(PG_CTL),
         host=HOST,
-        port=_free_port(),
+        port=free_port(HOST),
         datadir=str(base / "data"),
         unixsocketdir=str(base),
         logfile=str(base / "postgresql.log"),
@@ -181,7 +176,7 @@ def _start_redis() -> tuple[RedisExecutor, Path]:
         redis_timeout=0,  # never close idle clients
         loglevel="notice",
         host=HOST,
-        port=_free_port(),
+        port=free_port(HOST),
         save="",
         datadir=base,
     )

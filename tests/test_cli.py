@@ -662,3 +662,9 @@ def test_server_config_rejects_bad_forwarded_allow_ips() -> None:
     config = ServerConfig(forwarded_allow_ips=("::1", "10.0.0.0/40"))
     with pytest.raises(ValueError, match=r'entry "10\.0\.0\.0/40"'):
         WSGIServer(lambda environ, start_response: [], config, RustReactor())
+
+
+def test_module_alone_means_application(serve: Servers) -> None:
+    """C{serve MODULE} serves C{MODULE:application}."""
+    server = serve("cliapp", "--bind", "127.0.0.1:0")
+    assert get(server.port, "/pid") == (200, str(server.pid).encode())

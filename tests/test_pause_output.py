@@ -1,5 +1,5 @@
 """
-The pause_output extension, rule by rule (C{shared/specs/pause_output.md}):
+The pause_output extension, rule by rule (C{docs/pause_output.md}):
 each numbered rule has tests named C{test_ruleN_...}. Then the load cases:
 400 requests paused at once on one server, 1,000 clients killed while
 paused without leaking descriptors or memory.

@@ -39,6 +39,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import ClientFactory, Protocol
 
 from twisted_shim.reactor import RustReactor
+from twisted_shim.testing import free_port
 
 #: Seconds after which a run that has not finished is crashed (a failure).
 GUARD = 10.0
@@ -397,11 +398,7 @@ def test_iterate_without_flush_work_waits_its_delay(reactor: RustReactor) -> Non
 
 def closed_port() -> int:
     """A loopback port nothing listens on."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return free_port()
 
 
 def idle_sleeps(reactor: RustReactor) -> list[tuple[float | None, int]]:

@@ -7,6 +7,7 @@ and the C{shim-wsgi} plugin of C{twist}/C{twistd}
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, free_port, get, write_app
+from cli_support import ROOT, get, write_app
 from twisted.application.service import IService
 from zope.interface.verify import verifyObject
 
 from twisted_shim.reactor import RustReactor
+from twisted_shim.testing import free_port
 from twisted_shim.wsgi.service import WSGIService
 
 TWIST = [sys.executable, "-m", "twisted"]
@@ -141,6 +143,25 @@ def test_twist_usage_errors(
     assert proc.returncode == 64, (out, err)
     assert message in out + err
     assert "Traceback" not in out + err
+
+
+def _flags(argv: list[str]) -> set[str]:
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    ).stdout
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) - {"--help", "--version"}
+
+
+def test_help_lists_every_serve_limit() -> None:
+    """
+    C{twist shim-wsgi --help} lists every option of C{twisted-shim serve}
+    but the process model (C{--workers}, C{--threads}) and C{--log-level}
+    (twist's own, given before the plugin's name).
+    """
+    serve = _flags([sys.executable, "-m", "twisted_shim", "serve", "--help"])
+    plugin = _flags([*TWIST, "shim-wsgi", "--help"])
+    assert {"--max-pause", "--send-timeout", "--header-timeout"} <= serve
+    assert serve - plugin == {"--workers", "--threads", "--log-level"}
 
 
 def test_service_in_process(tmp_path: Path) -> None:

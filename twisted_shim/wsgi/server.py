@@ -5,14 +5,16 @@ L{WSGIServer}: one WSGI application served over HTTP/1.1 by the Rust host
 The host accepts, parses (httparse), reads whole request bodies, calls the
 application on the reactor thread, streams its output with backpressure, and
 implements the pause_output extension. This module configures it, feeds it
-listening sockets, drives its timeouts and shuts it down gracefully.
+listening sockets, drives its timeouts and shuts it down gracefully. Its
+limits are a L{ServerConfig} (L{twisted_shim.wsgi.config}, where every
+default is defined); each reaches the host as the keyword argument of the
+same name.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,65 +24,20 @@ from twisted.logger import Logger
 from twisted_shim import _core
 from twisted_shim.wsgi._errors import ErrorStream
 from twisted_shim.wsgi._wait import Waiter
+from twisted_shim.wsgi.config import ServerConfig
+
+__all__ = ["ServerConfig", "WSGIApplication", "WSGIServer"]
 
 WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _log = Logger()
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """
-    Limits and behaviour of a L{WSGIServer}.
-
-    @ivar max_header: Largest request line plus headers, in bytes; a larger
-        head is answered 431.
-    @ivar max_body: Largest request body, in bytes (de-chunked); a larger one
-        is answered 413 (at once when C{Content-Length} says so).
-    @ivar header_timeout: Seconds a client may take to send a request head
-        once it started one (or connected); then 408 and close.
-    @ivar keepalive_timeout: Seconds an idle persistent connection is kept.
-    @ivar send_timeout: Seconds a client may take none of its response
-        before the connection is aborted (the request's iterable is closed).
-    @ivar max_pause: Server-wide cap, in seconds, on one pause of a request's
-        output (C{None}: no cap); a per-call C{timeout} is capped by it.
-    @ivar high_water: Bytes queued for a connection above which the host
-        stops pulling from the application's iterable until it drains.
-    @ivar access_log: Called with one line (common log format plus the
-        request's duration) per response, or C{None}.
-    @ivar url_scheme: C{wsgi.url_scheme}.
-    @ivar multithread: C{wsgi.multithread} (C{True} in thread-pool mode).
-    @ivar multiprocess: C{wsgi.multiprocess} (C{True} with several workers).
-    @ivar pause_keys: Whether environ gets the pause_output keys (C{False}
-        in thread-pool mode, where a thread may simply block).
-    @ivar forwarded_allow_ips: Peers (addresses, CIDR networks, or C{"*"})
-        whose C{X-Forwarded-For} and C{X-Forwarded-Proto} set C{REMOTE_ADDR}
-        and C{wsgi.url_scheme}, as behind a reverse proxy; peers on a UNIX
-        socket are always believed when this is not empty. Empty: the headers
-        are never believed. The default, loopback, is gunicorn's and
-        uvicorn's.
-    """
-
-    max_header: int = 64 * 1024
-    max_body: int = 16 * 1024 * 1024
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 5.0
-    send_timeout: float = 60.0
-    max_pause: float | None = 300.0
-    high_water: int = 256 * 1024
-    access_log: Callable[[str], None] | None = None
-    url_scheme: str = "http"
-    multithread: bool = False
-    multiprocess: bool = False
-    pause_keys: bool = True
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
-
-
 class WSGIServer:
     """
     Serve C{app} on the installed L{twisted_shim.reactor.RustReactor}.
 
-    @ivar config: The L{ServerConfig}.
+    @ivar config: The L{ServerConfig} (its defaults when none was given).
     """
 
     def __init__(

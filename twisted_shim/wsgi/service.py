@@ -14,32 +14,31 @@ C{shim-wsgi} plugin) or next to other services in one Twisted application:
     WSGIService(app, binds=["127.0.0.1:8080"]).setServiceParent(application)
 
 It needs twisted_shim's reactor (the host's connections are native handlers
-of its loop).
+of its loop). Invariants: started, it listens on every address or on none;
+stopped, it removes only the socket files it made that are still its own.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 
+from twisted_shim.wsgi.addresses import TCPAddress, parse_bind
+from twisted_shim.wsgi.config import ServeOptions, default_of
 from twisted_shim.wsgi.server import ServerConfig, WSGIApplication, WSGIServer
-from twisted_shim.wsgi.workers import (
-    _lstat,
-    _unlink_socket,
-    open_tcp,
-    open_unix,
-    parse_bind,
-)
+from twisted_shim.wsgi.sockets import SocketFile, open_listeners, remove_socket_files
+
+__all__ = ["WSGIService"]
 
 
 class WSGIService(service.Service):
     """
-    Serve C{app} on C{binds} (C{HOST:PORT}) and C{uds} (UNIX socket paths).
+    Serve C{app} on C{binds} (C{HOST:PORT}, or parsed addresses) and C{uds}
+    (UNIX socket paths). C{grace} and C{backlog} default to the command
+    lines' defaults (L{twisted_shim.wsgi.config.ServeOptions}).
 
     @ivar server: The running L{WSGIServer}, or C{None} when stopped.
     @ivar addresses: What the service listens on, once started: C{(host,
@@ -50,15 +49,15 @@ class WSGIService(service.Service):
         self,
         app: WSGIApplication,
         *,
-        binds: Sequence[str] = (),
+        binds: Sequence[str | TCPAddress] = (),
         uds: Sequence[str] = (),
         config: ServerConfig | None = None,
-        grace: float = 30.0,
-        backlog: int = 1024,
+        grace: float = default_of(ServeOptions, "grace"),
+        backlog: int = default_of(ServeOptions, "backlog"),
         reactor: Any = None,
     ) -> None:
         self.app = app
-        self.binds = [parse_bind(b) for b in binds]
+        self.binds = [b if isinstance(b, TCPAddress) else parse_bind(b) for b in binds]
         self.uds = list(uds)
         self.config = config
         self.grace = grace
@@ -68,13 +67,13 @@ class WSGIService(service.Service):
         self.addresses: list[tuple[str, int] | str] = []
         # The socket files made, with what they were, so that stopping removes
         # only a file that is still ours.
-        self._made: list[tuple[str, os.stat_result | None]] = []
+        self._made: list[SocketFile] = []
 
     def startService(self) -> None:
         """
         Listen on every address.
 
-        @raise twisted_shim.wsgi.workers.StartupError: an address is unusable
+        @raise twisted_shim.wsgi.startup.StartupError: an address is unusable
             (nothing is left listening then).
         @raise TypeError: the reactor is not twisted_shim's.
         """
@@ -82,17 +81,9 @@ class WSGIService(service.Service):
         if reactor is None:
             from twisted.internet import reactor
         server = WSGIServer(self.app, self.config, reactor)
-        sockets: list[socket.socket] = []
         try:
-            for address in self.binds:
-                sockets.append(open_tcp(address, self.backlog))
-            for path in self.uds:
-                sockets.append(open_unix(path, self.backlog))
-                self._made.append((path, _lstat(path)))
+            sockets, self._made = open_listeners(self.binds, self.uds, self.backlog)
         except Exception:
-            for sock in sockets:
-                sock.close()
-            self._remove_socket_files()
             server.abort()
             raise
         self.addresses = []
@@ -114,6 +105,5 @@ class WSGIService(service.Service):
         return d
 
     def _remove_socket_files(self) -> None:
-        for path, made in self._made:
-            _unlink_socket(path, made)
+        remove_socket_files(self._made)
         self._made.clear()

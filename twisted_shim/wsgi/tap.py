@@ -4,66 +4,104 @@ WSGI host as a Twisted plugin (C{twisted/plugins/twisted_shim_wsgi.py}), for
 deployments that run Twisted services with C{twist}/C{twistd}. The host's
 own command, C{twisted-shim serve}, adds pre-forked workers and a thread
 pool.
+
+Invariants: the plugin's options are those of L{twisted_shim.wsgi.config}
+offered on C{shim-wsgi}: every limit of C{twisted-shim serve}, with the
+same parsers and defaults (L{Options} is derived from the definitions, not
+written out); a value is checked when parsed, so a bad one is a usage error
+(exit status 64) naming it. Logging is C{twist}'s and C{twistd}'s own.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_shim.wsgi.server import ServerConfig
-from twisted_shim.wsgi.service import WSGIService
-from twisted_shim.wsgi.workers import (
-    StartupError,
-    load_app,
-    parse_bind,
-    parse_forwarded_allow_ips,
+from twisted_shim.wsgi.config import (
+    PLUGIN,
+    CommandLineOption,
+    ServeOptions,
+    command_line,
+    options_from_values,
 )
+from twisted_shim.wsgi.loading import load_app
+from twisted_shim.wsgi.service import WSGIService
+from twisted_shim.wsgi.startup import StartupError
+
+__all__ = ["Options", "makeService"]
 
 _log = Logger(namespace="twisted_shim.wsgi.access")
 
-DEFAULT_BIND = "127.0.0.1:8000"
+
+def _usage_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """C{parse}, with its C{ValueError} as a C{UsageError} of its message."""
+
+    def coerce(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    return coerce
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A value given on the command line (C{None} may be one: C{--max-pause 0})."""
+
+    value: Any
+
+
+def _given(parse: Callable[[str], Any]) -> Callable[[str], _Given]:
+    coerce = _usage_parser(parse)
+    return lambda text: _Given(coerce(text))
+
+
+def _appender(option: CommandLineOption) -> Callable[[usage.Options, str], None]:
+    """The C{opt_} method of a repeatable option: parse, then append."""
+    coerce = _usage_parser(option.setting.parse)
+
+    def opt(self: usage.Options, value: str) -> None:
+        self[option.key].append(coerce(value))
+
+    opt.__doc__ = option.help()
+    return opt
+
+
+_OPTIONS = command_line(PLUGIN)
 
 
 class Options(usage.Options):
+    """
+    The plugin's command line. Switches and single-valued options are
+    C{optFlags} and C{optParameters} (a given value is boxed in L{_Given};
+    not given, the definition's default applies); repeatable ones get an
+    C{opt_} method each, below the class.
+    """
+
     synopsis = "[options] MODULE:APP"
     longdesc = (
         "Serve a PEP 3333 application with twisted_shim's HTTP/1.1 host on the "
-        "reactor thread (pause_output available). Needs --reactor=rust."
+        "reactor thread (pause_output available). Needs --reactor=rust. "
+        "MODULE alone means MODULE:application."
     )
-    optFlags = [["access-log", None, "log one line per response (twisted.logger)"]]
+    optFlags = [[o.key, None, o.help()] for o in _OPTIONS if o.is_switch]
     optParameters = [
-        ["grace", None, 30.0, "seconds requests in flight may take at shutdown", float],
-        ["backlog", None, 1024, "listen backlog", int],
-        ["max-header", None, 65536, "largest request head, bytes (431 above)", int],
-        ["max-body", None, 16 * 1024 * 1024, "largest request body (413 above)", int],
-        [
-            "forwarded-allow-ips",
-            None,
-            "127.0.0.1,::1",
-            "reverse proxies whose X-Forwarded-For/-Proto are believed ('' none)",
-        ],
+        [o.key, None, None, o.help(), _given(o.setting.parse)]
+        for o in _OPTIONS
+        if not o.is_switch and not o.setting.repeatable
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self["bind"] = []
-        self["uds"] = []
-
-    def opt_bind(self, value: str) -> None:
-        """HOST:PORT or [IPV6]:PORT to listen on (repeatable; default 127.0.0.1:8000)"""
-        try:
-            parse_bind(value)
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        self["bind"].append(value)
-
-    def opt_uds(self, path: str) -> None:
-        """UNIX socket path to listen on (repeatable)"""
-        self["uds"].append(path)
+        for o in _OPTIONS:
+            if o.setting.repeatable:
+                self[o.key] = []
 
     def parseArgs(self, app: str) -> None:
         self["app"] = app
@@ -77,18 +115,25 @@ class Options(usage.Options):
                 "shim-wsgi runs on twisted_shim's reactor: use "
                 "twist --reactor=rust shim-wsgi ... (or twistd --reactor=rust)"
             )
-        if not self["bind"] and not self["uds"]:
-            self["bind"].append(DEFAULT_BIND)
-        try:
-            self["forwarded-allow-ips"] = parse_forwarded_allow_ips(
-                self["forwarded-allow-ips"]
-            )
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+        values: dict[str, Any] = {}
+        for o in _OPTIONS:
+            value = self[o.key]
+            if o.is_switch:
+                values[o.name] = bool(value)
+            elif isinstance(value, _Given):
+                values[o.name] = value.value
+            elif o.setting.repeatable and value:
+                values[o.name] = value
+        self["options"] = options_from_values(self["app"], values)
         try:
             self["application"] = load_app(self["app"])
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
+
+
+for _option in _OPTIONS:
+    if _option.setting.repeatable:
+        setattr(Options, "opt_" + _option.key.replace("-", "_"), _appender(_option))
 
 
 def _access_log(line: str) -> None:
@@ -96,17 +141,13 @@ def _access_log(line: str) -> None:
 
 
 def makeService(options: Any) -> WSGIService:
-    config = ServerConfig(
-        max_header=options["max-header"],
-        max_body=options["max-body"],
-        access_log=_access_log if options["access-log"] else None,
-        forwarded_allow_ips=options["forwarded-allow-ips"],
-    )
+    serve: ServeOptions = options["options"]
+    config = replace(serve.server, access_log=_access_log if serve.access_log else None)
     return WSGIService(
         options["application"],
-        binds=options["bind"],
-        uds=options["uds"],
+        binds=serve.binds,
+        uds=serve.uds,
         config=config,
-        grace=options["grace"],
-        backlog=options["backlog"],
+        grace=serve.grace,
+        backlog=serve.backlog,
     )
