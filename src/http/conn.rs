@@ -26,7 +26,7 @@
 //! chooses `Content-Length`, chunked or close-delimited, adds `Date` and
 //! `Connection`, and logs the request when it ends.
 //!
-//! Locks: `st` is held only for short sections that call no Python and no
+//! Locks: `state` is held only for short sections that call no Python and no
 //! service; every call into the service or Python (logging) happens with it
 //! released.
 
@@ -147,7 +147,7 @@ pub struct Conn {
     pub token: Mutex<Option<Token>>,
     pub server: Weak<Server>,
     pub info: Arc<ConnInfo>,
-    pub st: Mutex<ConnState>,
+    pub state: Mutex<ConnState>,
 }
 
 enum Action {
@@ -167,7 +167,7 @@ impl Conn {
             token: Mutex::new(None),
             server: Arc::downgrade(server),
             info: Arc::new(info),
-            st: Mutex::new(ConnState {
+            state: Mutex::new(ConnState {
                 rbuf: Vec::new(),
                 phase: Phase::Idle,
                 out: WriteQueue::default(),
@@ -197,69 +197,81 @@ impl Conn {
     }
 
     pub fn is_closed(&self) -> bool {
-        lock(&self.st).closed
+        lock(&self.state).closed
     }
 
     /// Read what the socket has (within the budget). Sets `eof` on end of
     /// stream or a reset.
-    fn read_input(&self, st: &mut ConnState) {
-        if st.eof {
+    fn read_input(&self, state: &mut ConnState) {
+        if state.eof {
             return;
         }
-        let busy = matches!(st.phase, Phase::Busy);
-        let got = read_into(self.fd.as_raw_fd(), &mut st.rbuf, READ_BUDGET, |len| {
+        let busy = matches!(state.phase, Phase::Busy);
+        let got = read_into(self.fd.as_raw_fd(), &mut state.rbuf, READ_BUDGET, |len| {
             busy && len >= BUSY_READ_CAP
         });
         if got.bytes > 0 {
-            st.input_dirty = true;
-            if let Phase::Body { .. } = st.phase {
-                st.since = Instant::now();
+            state.input_dirty = true;
+            if let Phase::Body { .. } = state.phase {
+                state.since = Instant::now();
             }
         }
         if got.eof {
-            st.eof = true;
-            st.input_dirty = true;
+            state.eof = true;
+            state.input_dirty = true;
         }
     }
 
-    fn next_action(&self, st: &mut ConnState, server: &Server) -> Action {
-        st.input_dirty = false;
+    fn next_action(&self, state: &mut ConnState, server: &Server) -> Action {
+        state.input_dirty = false;
         loop {
-            if st.closed {
+            if state.closed {
                 return Action::Wait;
             }
-            match &mut st.phase {
+            match &mut state.phase {
                 Phase::Busy => {
-                    return if st.eof {
+                    return if state.eof {
                         Action::ClientGone
                     } else {
                         Action::Wait
                     }
                 }
                 Phase::Closing => {
-                    st.rbuf.clear();
+                    state.rbuf.clear();
                     return Action::Wait;
                 }
                 Phase::Lingering => {
-                    st.rbuf.clear();
-                    return if st.eof { Action::Close } else { Action::Wait };
+                    state.rbuf.clear();
+                    return if state.eof {
+                        Action::Close
+                    } else {
+                        Action::Wait
+                    };
                 }
                 Phase::Idle | Phase::Head => {
-                    if st.rbuf.is_empty() {
-                        return if st.eof { Action::Close } else { Action::Wait };
+                    if state.rbuf.is_empty() {
+                        return if state.eof {
+                            Action::Close
+                        } else {
+                            Action::Wait
+                        };
                     }
-                    if let Phase::Idle = st.phase {
-                        st.phase = Phase::Head;
-                        st.since = Instant::now();
+                    if let Phase::Idle = state.phase {
+                        state.phase = Phase::Head;
+                        state.since = Instant::now();
                     }
-                    let head = match parse_head(&st.rbuf, server.cfg.max_header) {
+                    let head = match parse_head(&state.rbuf, server.cfg.max_header) {
                         Err(r) => return Action::Reject(r),
                         Ok(None) => {
-                            return if st.eof { Action::Close } else { Action::Wait };
+                            return if state.eof {
+                                Action::Close
+                            } else {
+                                Action::Wait
+                            };
                         }
                         Ok(Some(h)) => h,
                     };
-                    st.rbuf.drain(..head.len);
+                    state.rbuf.drain(..head.len);
                     let remaining = match head.body {
                         BodyKind::Length(n) if n > server.cfg.max_body as u64 => {
                             return Action::Reject(Reject::BodyTooLarge)
@@ -269,18 +281,18 @@ impl Conn {
                         BodyKind::Chunked => 0,
                     };
                     if head.expect_continue {
-                        st.out.push_owned(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        state.out.push_owned(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                     let chunked =
                         matches!(head.body, BodyKind::Chunked).then(ChunkedDecoder::default);
                     let capacity = (remaining as usize).min(server.cfg.max_body).min(1 << 20);
-                    st.phase = Phase::Body {
+                    state.phase = Phase::Body {
                         head,
                         body: Vec::with_capacity(capacity),
                         chunked,
                         remaining,
                     };
-                    st.since = Instant::now();
+                    state.since = Instant::now();
                 }
                 Phase::Body {
                     body,
@@ -290,26 +302,30 @@ impl Conn {
                 } => {
                     let done = match chunked {
                         Some(dec) => {
-                            match dec.decode(&st.rbuf, body, server.cfg.max_body as u64) {
+                            match dec.decode(&state.rbuf, body, server.cfg.max_body as u64) {
                                 Err(r) => return Action::Reject(r),
                                 Ok(used) => {
-                                    st.rbuf.drain(..used);
+                                    state.rbuf.drain(..used);
                                 }
                             }
                             dec.is_done()
                         }
                         None => {
-                            let take = (*remaining).min(st.rbuf.len() as u64) as usize;
-                            body.extend_from_slice(&st.rbuf[..take]);
-                            st.rbuf.drain(..take);
+                            let take = (*remaining).min(state.rbuf.len() as u64) as usize;
+                            body.extend_from_slice(&state.rbuf[..take]);
+                            state.rbuf.drain(..take);
                             *remaining -= take as u64;
                             *remaining == 0
                         }
                     };
                     if !done {
-                        return if st.eof { Action::Close } else { Action::Wait };
+                        return if state.eof {
+                            Action::Close
+                        } else {
+                            Action::Wait
+                        };
                     }
-                    let phase = std::mem::replace(&mut st.phase, Phase::Busy);
+                    let phase = std::mem::replace(&mut state.phase, Phase::Busy);
                     if let Phase::Body { head, body, .. } = phase {
                         return Action::Dispatch(head, body);
                     }
@@ -326,8 +342,8 @@ impl Conn {
         };
         loop {
             let action = {
-                let mut st = lock(&self.st);
-                self.next_action(&mut st, &server)
+                let mut state = lock(&self.state);
+                self.next_action(&mut state, &server)
             };
             match action {
                 Action::Wait => return,
@@ -351,10 +367,10 @@ impl Conn {
     /// Hand a request that arrived whole to the service.
     fn dispatch(self: &Arc<Self>, py: Python<'_>, server: &Server, head: Head, body: Vec<u8>) {
         {
-            let mut st = lock(&self.st);
-            st.phase = Phase::Busy;
-            st.since = Instant::now();
-            st.response = Some(Response::new(&head));
+            let mut state = lock(&self.state);
+            state.phase = Phase::Busy;
+            state.since = Instant::now();
+            state.response = Some(Response::new(&head));
         }
         let responder = Responder {
             conn: self.me.clone(),
@@ -367,15 +383,15 @@ impl Conn {
                 return;
             }
         };
-        lock(&self.st).exchange = Some(exchange.clone());
+        lock(&self.state).exchange = Some(exchange.clone());
         exchange.start(py, head, body);
     }
 
     /// Answer a bad request with its status and close.
     fn reject(&self, r: &Reject) {
         let body = format!("{r}\n");
-        let mut st = lock(&self.st);
-        if st.closed {
+        let mut state = lock(&self.state);
+        if state.closed {
             return;
         }
         let head = format!(
@@ -383,16 +399,16 @@ impl Conn {
             r.status(),
             body.len()
         );
-        st.out.push_owned(head.as_bytes());
-        st.out.push_owned(body.as_bytes());
-        st.phase = Phase::Closing;
-        st.since = Instant::now();
-        st.rbuf.clear();
+        state.out.push_owned(head.as_bytes());
+        state.out.push_owned(body.as_bytes());
+        state.phase = Phase::Closing;
+        state.since = Instant::now();
+        state.rbuf.clear();
     }
 
     /// Flush output, tell an exchange waiting for the queue to drain, parse
     /// pipelined input, and set the poller's interest to match.
-    pub fn settle(self: &Arc<Self>, py: Python<'_>) {
+    pub fn advance(self: &Arc<Self>, py: Python<'_>) {
         let Some(server) = self.server.upgrade() else {
             return;
         };
@@ -401,28 +417,28 @@ impl Conn {
             let mut process = false;
             let mut failed = false;
             {
-                let mut st = lock(&self.st);
-                if st.closed {
+                let mut state = lock(&self.state);
+                if state.closed {
                     return;
                 }
-                let flushed = st.out.flush(py, self.fd.as_raw_fd());
-                if st.out.take_progress() || st.out.is_empty() {
-                    st.last_sent = Instant::now();
+                let flushed = state.out.flush(py, self.fd.as_raw_fd());
+                if state.out.take_progress() || state.out.is_empty() {
+                    state.last_sent = Instant::now();
                 }
                 match flushed {
                     Err(_) => failed = true,
                     Ok(done) => {
-                        if done && matches!(st.phase, Phase::Closing) {
+                        if done && matches!(state.phase, Phase::Closing) {
                             socket::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR);
-                            st.phase = Phase::Lingering;
-                            st.since = Instant::now();
-                            st.input_dirty = true;
+                            state.phase = Phase::Lingering;
+                            state.since = Instant::now();
+                            state.input_dirty = true;
                         }
-                        if st.waiting_drain && st.out.bytes <= server.cfg.high_water {
-                            st.waiting_drain = false;
-                            drained = st.exchange.clone();
+                        if state.waiting_drain && state.out.bytes <= server.cfg.high_water {
+                            state.waiting_drain = false;
+                            drained = state.exchange.clone();
                         }
-                        if drained.is_none() && st.input_dirty {
+                        if drained.is_none() && state.input_dirty {
                             process = true;
                         }
                     }
@@ -448,18 +464,18 @@ impl Conn {
 
     fn update_interest(&self, py: Python<'_>) {
         let (want, token) = {
-            let mut st = lock(&self.st);
-            if st.closed {
+            let mut state = lock(&self.state);
+            if state.closed {
                 return;
             }
-            let read =
-                !(st.eof || (matches!(st.phase, Phase::Busy) && st.rbuf.len() >= BUSY_READ_CAP));
-            let write = !st.out.is_empty();
-            if st.interest == (read, write) {
+            let read = !(state.eof
+                || (matches!(state.phase, Phase::Busy) && state.rbuf.len() >= BUSY_READ_CAP));
+            let write = !state.out.is_empty();
+            if state.interest == (read, write) {
                 return;
             }
-            st.interest = (read, write);
-            (st.interest, *lock(&self.token))
+            state.interest = (read, write);
+            (state.interest, *lock(&self.token))
         };
         if let Some(token) = token {
             self.with_loop(py, |lp| lp.set_native_interest(token, want.0, want.1));
@@ -477,9 +493,9 @@ impl Conn {
         close: bool,
         complete: bool,
     ) {
-        let mut st = lock(&self.st);
-        let no_keepalive = st.no_keepalive;
-        let Some(r) = st.response.as_mut() else {
+        let mut state = lock(&self.state);
+        let no_keepalive = state.no_keepalive;
+        let Some(r) = state.response.as_mut() else {
             return;
         };
         if r.headers_sent {
@@ -533,15 +549,15 @@ impl Conn {
         r.keep_alive = keep_alive;
         r.headers_sent = true;
         if head.is_ascii() {
-            st.out.push_owned(head.as_bytes());
+            state.out.push_owned(head.as_bytes());
         } else {
             let bytes: Vec<u8> = head.chars().map(|c| c as u32 as u8).collect();
-            st.out.push_owned(&bytes);
+            state.out.push_owned(&bytes);
         }
     }
 
     pub fn headers_sent(&self) -> bool {
-        lock(&self.st)
+        lock(&self.state)
             .response
             .as_ref()
             .is_some_and(|r| r.headers_sent)
@@ -550,8 +566,8 @@ impl Conn {
     /// See [`Responder::body`].
     pub fn send_body(&self, bytes: &Bound<'_, PyBytes>) -> u64 {
         let n = bytes.as_bytes().len() as u64;
-        let mut st = lock(&self.st);
-        let Some(r) = st.response.as_mut().filter(|r| r.headers_sent) else {
+        let mut state = lock(&self.state);
+        let Some(r) = state.response.as_mut().filter(|r| r.headers_sent) else {
             return 0;
         };
         if r.no_body {
@@ -566,11 +582,11 @@ impl Conn {
         let chunked = r.chunked;
         if take > 0 {
             if chunked {
-                st.out.push_owned(format!("{take:x}\r\n").as_bytes());
-                st.out.push_py(bytes.clone().unbind(), 0, take as usize);
-                st.out.push_owned(b"\r\n");
+                state.out.push_owned(format!("{take:x}\r\n").as_bytes());
+                state.out.push_py(bytes.clone().unbind(), 0, take as usize);
+                state.out.push_owned(b"\r\n");
             } else {
-                st.out.push_py(bytes.clone().unbind(), 0, take as usize);
+                state.out.push_py(bytes.clone().unbind(), 0, take as usize);
             }
         }
         n - take
@@ -578,21 +594,21 @@ impl Conn {
 
     /// See [`Responder::file`].
     pub fn send_file(&self, fd: OwnedFd, offset: i64, len: u64) {
-        let mut st = lock(&self.st);
-        let Some(r) = st.response.as_mut().filter(|r| r.headers_sent) else {
+        let mut state = lock(&self.state);
+        let Some(r) = state.response.as_mut().filter(|r| r.headers_sent) else {
             return;
         };
         r.body_sent += len;
         if !r.no_body && len > 0 {
-            st.out.push_file(fd, offset, len);
+            state.out.push_file(fd, offset, len);
         }
     }
 
     /// See [`Responder::finish`].
     pub fn finish_response(&self, py: Python<'_>) -> Result<(), Truncated> {
         let (truncated, keep_alive) = {
-            let mut st = lock(&self.st);
-            let Some(r) = st.response.as_ref() else {
+            let mut state = lock(&self.state);
+            let Some(r) = state.response.as_ref() else {
                 return Ok(());
             };
             let truncated = match r.content_length {
@@ -604,7 +620,7 @@ impl Conn {
             };
             let (chunked, keep_alive) = (r.chunked, r.keep_alive);
             if chunked {
-                st.out.push_owned(b"0\r\n\r\n");
+                state.out.push_owned(b"0\r\n\r\n");
             }
             (truncated, keep_alive)
         };
@@ -619,8 +635,8 @@ impl Conn {
     /// See [`Responder::fail`].
     pub fn fail_response(self: &Arc<Self>, py: Python<'_>) {
         let headers_sent = {
-            let mut st = lock(&self.st);
-            let Some(r) = st.response.as_mut() else {
+            let mut state = lock(&self.state);
+            let Some(r) = state.response.as_mut() else {
                 return;
             };
             if !r.headers_sent {
@@ -632,8 +648,8 @@ impl Conn {
                     ERROR_PAGE.len(),
                     http_date()
                 );
-                st.out.push_owned(head.as_bytes());
-                st.out.push_owned(ERROR_PAGE);
+                state.out.push_owned(head.as_bytes());
+                state.out.push_owned(ERROR_PAGE);
                 false
             } else {
                 true
@@ -649,7 +665,7 @@ impl Conn {
     }
 
     pub fn queued(&self) -> usize {
-        lock(&self.st).out.bytes
+        lock(&self.state).out.bytes
     }
 
     pub fn over_high_water(&self) -> bool {
@@ -657,11 +673,11 @@ impl Conn {
             .server
             .upgrade()
             .map_or(usize::MAX, |s| s.cfg.high_water);
-        lock(&self.st).out.bytes > high
+        lock(&self.state).out.bytes > high
     }
 
     pub fn wait_for_drain(&self) {
-        lock(&self.st).waiting_drain = true;
+        lock(&self.state).waiting_drain = true;
     }
 
     /// Write the access-log line of the request in progress, once.
@@ -670,8 +686,8 @@ impl Conn {
             return;
         };
         let line = {
-            let mut st = lock(&self.st);
-            let Some(r) = st.response.as_mut() else {
+            let mut state = lock(&self.state);
+            let Some(r) = state.response.as_mut() else {
                 return;
             };
             if r.logged {
@@ -708,18 +724,18 @@ impl Conn {
     /// connection for the next request, or close it.
     fn response_done(&self, keep_alive: bool) {
         let exchange = {
-            let mut st = lock(&self.st);
-            st.response = None;
-            st.waiting_drain = false;
-            st.served += 1;
-            if keep_alive && !st.no_keepalive && !st.eof {
-                st.phase = Phase::Idle;
-                st.input_dirty = true;
+            let mut state = lock(&self.state);
+            state.response = None;
+            state.waiting_drain = false;
+            state.served += 1;
+            if keep_alive && !state.no_keepalive && !state.eof {
+                state.phase = Phase::Idle;
+                state.input_dirty = true;
             } else {
-                st.phase = Phase::Closing;
+                state.phase = Phase::Closing;
             }
-            st.since = Instant::now();
-            st.exchange.take()
+            state.since = Instant::now();
+            state.exchange.take()
         };
         // Dropped with the lock released: it may hold Python objects.
         drop(exchange);
@@ -730,14 +746,14 @@ impl Conn {
     /// began, as nginx logs it; 503 if the server gave up on it).
     fn end_exchange(&self, py: Python<'_>, disconnected: bool) {
         let exchange = {
-            let mut st = lock(&self.st);
-            if let Some(r) = st.response.as_mut() {
+            let mut state = lock(&self.state);
+            if let Some(r) = state.response.as_mut() {
                 if !r.headers_sent && !r.logged {
                     r.status_code = if disconnected { 499 } else { 503 };
                 }
             }
-            st.waiting_drain = false;
-            st.exchange.take()
+            state.waiting_drain = false;
+            state.exchange.take()
         };
         if let Some(ex) = exchange {
             ex.aborted(py, disconnected);
@@ -756,11 +772,11 @@ impl Conn {
     /// the client sees a reset, never a falsely complete response.
     pub fn abort(self: &Arc<Self>, py: Python<'_>) {
         {
-            let mut st = lock(&self.st);
+            let mut state = lock(&self.state);
             // What was already produced goes out first (as far as the socket
             // takes it now): the client sees the response truncated after
             // it, then the reset.
-            let _ = st.out.flush(py, self.fd.as_raw_fd());
+            let _ = state.out.flush(py, self.fd.as_raw_fd());
         }
         self.end_exchange(py, false);
         self.close(py, true);
@@ -769,13 +785,13 @@ impl Conn {
     /// Close the connection now (with a reset if `reset`).
     pub fn close(&self, py: Python<'_>, reset: bool) {
         let token = {
-            let mut st = lock(&self.st);
-            if st.closed {
+            let mut state = lock(&self.state);
+            if state.closed {
                 return;
             }
-            st.closed = true;
-            st.out.clear();
-            st.rbuf = Vec::new();
+            state.closed = true;
+            state.out.clear();
+            state.rbuf = Vec::new();
             lock(&self.token).take()
         };
         // A request still in progress: its client is gone.
@@ -807,18 +823,18 @@ impl Conn {
         }
         let cfg = &server.cfg;
         let due = {
-            let st = lock(&self.st);
-            let age = now.saturating_duration_since(st.since);
-            match st.phase {
-                Phase::Idle if st.served > 0 && age >= cfg.keepalive_timeout => Due::Close,
-                Phase::Idle if st.served == 0 && age >= cfg.header_timeout => Due::Close,
+            let state = lock(&self.state);
+            let age = now.saturating_duration_since(state.since);
+            match state.phase {
+                Phase::Idle if state.served > 0 && age >= cfg.keepalive_timeout => Due::Close,
+                Phase::Idle if state.served == 0 && age >= cfg.header_timeout => Due::Close,
                 Phase::Head | Phase::Body { .. } if age >= cfg.header_timeout => Due::Timeout,
                 Phase::Lingering if age >= LINGER => Due::Close,
                 // The client takes none of its response: cut it off rather
                 // than hold the request (and its service) forever.
                 Phase::Busy | Phase::Closing
-                    if !st.out.is_empty()
-                        && now.saturating_duration_since(st.last_sent) >= cfg.send_timeout =>
+                    if !state.out.is_empty()
+                        && now.saturating_duration_since(state.last_sent) >= cfg.send_timeout =>
                 {
                     Due::Abort
                 }
@@ -835,7 +851,7 @@ impl Conn {
             Due::Abort => self.abort(py),
             Due::Timeout => {
                 self.reject(&Reject::Timeout);
-                self.settle(py);
+                self.advance(py);
             }
         }
     }
@@ -844,9 +860,9 @@ impl Conn {
     /// response in progress.
     pub fn close_if_idle(self: &Arc<Self>, py: Python<'_>) {
         let idle = {
-            let mut st = lock(&self.st);
-            st.no_keepalive = true;
-            matches!(st.phase, Phase::Idle | Phase::Lingering) && st.out.is_empty()
+            let mut state = lock(&self.state);
+            state.no_keepalive = true;
+            matches!(state.phase, Phase::Idle | Phase::Lingering) && state.out.is_empty()
         };
         if idle {
             self.close(py, false);
@@ -854,8 +870,8 @@ impl Conn {
     }
 
     pub fn is_active(&self) -> bool {
-        let st = lock(&self.st);
-        !st.closed && matches!(st.phase, Phase::Busy | Phase::Head | Phase::Body { .. })
+        let state = lock(&self.state);
+        !state.closed && matches!(state.phase, Phase::Busy | Phase::Head | Phase::Body { .. })
     }
 }
 
@@ -863,11 +879,11 @@ impl NativeHandler for Conn {
     fn ready(&self, py: Python<'_>, _token: Token, r: Readiness) {
         let Some(me) = self.arc() else { return };
         if r.readable || r.hangup || r.error {
-            let mut st = lock(&me.st);
-            if !st.closed {
-                me.read_input(&mut st);
+            let mut state = lock(&me.state);
+            if !state.closed {
+                me.read_input(&mut state);
             }
         }
-        me.settle(py);
+        me.advance(py);
     }
 }

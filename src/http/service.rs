@@ -186,7 +186,7 @@ impl Responder {
     /// with the connection (pipelined requests, interest in the poller).
     pub fn flush(&self, py: Python<'_>) {
         if let Some(c) = self.conn() {
-            c.settle(py);
+            c.advance(py);
         }
     }
 }

@@ -1,9 +1,8 @@
 //! The WSGI host: one WSGI application served by an [`http::server::Server`]
 //! as its [`Service`], and the Python object that configures and drives it.
 //!
-//! [`WsgiHost`] is what `twisted_shim.wsgi.server.WSGIServer` holds (the
-//! Python name is `HttpServer`, kept for the code that imports it). It
-//! builds the HTTP layer's [`http::server::Config`] and the host's own
+//! [`WsgiHost`] (`twisted_shim._core.WsgiHost`) is what
+//! `twisted_shim.wsgi.server.WSGIServer` holds. It builds the HTTP layer's [`http::server::Config`] and the host's own
 //! [`WsgiConfig`] from its keyword arguments, and forwards listening sockets,
 //! the timeout sweep and graceful shutdown to the server.
 //!
@@ -99,7 +98,7 @@ impl Exchange for WsgiExchange {
     }
 
     fn drained(&self, py: Python<'_>) {
-        respond::drive(py, self.request.bind(py));
+        respond::produce(py, self.request.bind(py));
     }
 
     fn aborted(&self, py: Python<'_>, disconnected: bool) {
@@ -108,7 +107,7 @@ impl Exchange for WsgiExchange {
 }
 
 /// The WSGI host of one application.
-#[pyclass(module = "twisted_shim._core", name = "HttpServer", frozen)]
+#[pyclass(module = "twisted_shim._core", frozen)]
 pub struct WsgiHost {
     server: Arc<http::server::Server>,
 }

@@ -12,7 +12,7 @@
 //!
 //! Only the transition into RESUMED (or DEAD) succeeds once; that is how
 //! `resume()` returns `True` exactly on the call that changes the state.
-//! Leaving PAUSED queues a [`Continue`] on the loop, which pulls the next item
+//! Leaving PAUSED queues a [`Continuation`] on the loop, which pulls the next item
 //! from the application on the reactor thread (never inside `resume()`).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -549,10 +549,10 @@ impl Resume {
     fn schedule(&self, py: Python<'_>) -> PyResult<()> {
         let cont = Py::new(
             py,
-            Continue {
+            Continuation {
                 request: self.request.clone_ref(py),
                 responder: self.responder.clone(),
-                turn: false,
+                after_turn: false,
             },
         )?;
         self.loop_.bind(py).get().call_soon(py, cont.into_any())
@@ -665,21 +665,23 @@ impl PauseTimeout {
 /// A step of a request queued on the loop: after a resume, or on the next
 /// loop turn after `b""` without a pause.
 #[pyclass(module = "twisted_shim._core", frozen)]
-pub struct Continue {
+pub struct Continuation {
     pub request: Py<Request>,
     pub responder: Responder,
-    pub turn: bool,
+    /// What it continues after: the next loop turn (`b""` without a pause,
+    /// or a spent pull budget), else a resume.
+    pub after_turn: bool,
 }
 
 #[pymethods]
-impl Continue {
+impl Continuation {
     fn __call__(&self, py: Python<'_>) {
         if !self.responder.is_open() {
             return;
         }
         let req = self.request.bind(py);
         let go_on = state_mut(req).map(|mut r| {
-            if self.turn {
+            if self.after_turn {
                 if r.stage != Stage::NextTurn {
                     return (false, None);
                 }
@@ -695,7 +697,14 @@ impl Continue {
             r.stage = Stage::Ready;
             // Dropped after the borrow ends (dropping runs no Python here,
             // but nothing is dropped under a borrow on principle).
-            (true, if self.turn { None } else { r.pause.take() })
+            (
+                true,
+                if self.after_turn {
+                    None
+                } else {
+                    r.pause.take()
+                },
+            )
         });
         match go_on {
             Ok((true, pause)) => drop(pause),
@@ -705,7 +714,7 @@ impl Continue {
                 return;
             }
         }
-        respond::drive(py, req);
+        respond::produce(py, req);
         self.responder.flush(py);
     }
 }

@@ -2,7 +2,7 @@
 //! [`Responder`](crate::http::service::Responder).
 //!
 //! [`dispatch`] builds the environ and calls the application (its `write()`
-//! may queue output meanwhile); [`drive`] then pulls items from the iterable
+//! may queue output meanwhile); [`produce`] then pulls items from the iterable
 //! until it ends, pauses, yields `b""` (next loop turn), or the connection's
 //! output passes the high-water mark (resumed when it drains). Headers go
 //! out with the first non-empty chunk, on `flush()`, or at the end.
@@ -16,7 +16,7 @@
 //! 500; after, the connection is reset so the client sees a truncated
 //! response. The iterable's `close()` is called exactly once in every case.
 //!
-//! Each entry point ([`dispatch`], [`drive`], [`abort`]) checks the
+//! Each entry point ([`dispatch`], [`produce`], [`abort`]) checks the
 //! request's [`Stage`] and moves it; the request's state is borrowed only
 //! through `state`/`state_mut` and never while Python code runs, and should
 //! a borrow fail all the same, the failure is an error of the request (its
@@ -31,7 +31,7 @@ use pyo3::types::{PyBytes, PyIterator};
 
 use crate::http::parse::Head;
 use crate::twisted::log_failure;
-use crate::wsgi::request::{state, state_mut, Continue, Reply, Request, Stage};
+use crate::wsgi::request::{state, state_mut, Continuation, Reply, Request, Stage};
 use crate::wsgi::{build_environ, FileWrapper};
 
 /// Items pulled in one go before yielding to other connections.
@@ -70,7 +70,7 @@ fn call_app(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>
     }
     let it = result.try_iter()?;
     state_mut(req)?.iter = Some(it.into_any().unbind());
-    drive(py, req);
+    produce(py, req);
     Ok(())
 }
 
@@ -81,10 +81,10 @@ fn schedule_turn(py: Python<'_>, req: &Bound<'_, Request>) -> PyResult<()> {
         (r.responder.clone(), r.shared.upgrade())
     };
     let Some(shared) = shared else { return Ok(()) };
-    let cont = Continue {
+    let cont = Continuation {
         request: req.clone().unbind(),
         responder,
-        turn: true,
+        after_turn: true,
     };
     let cont = Py::new(py, cont)?;
     shared.loop_.bind(py).get().call_soon(py, cont.into_any())
@@ -92,7 +92,7 @@ fn schedule_turn(py: Python<'_>, req: &Bound<'_, Request>) -> PyResult<()> {
 
 /// Pull from the application's iterable as far as the rules allow: only
 /// from `Ready` (or `Draining`, when the connection says it drained).
-pub fn drive(py: Python<'_>, req: &Bound<'_, Request>) {
+pub fn produce(py: Python<'_>, req: &Bound<'_, Request>) {
     if let Err(e) = pull(py, req) {
         app_error(py, req, e);
     }

@@ -1,6 +1,6 @@
 """
 L{WSGIServer}: one WSGI application served over HTTP/1.1 by the Rust host
-(C{twisted_shim._core.HttpServer}) on the reactor's own loop.
+(C{twisted_shim._core.WsgiHost}) on the reactor's own loop.
 
 The host accepts, parses (httparse), reads whole request bodies, calls the
 application on the reactor thread, streams its output with backpressure, and
@@ -60,7 +60,7 @@ class WSGIServer:
         self._reactor = reactor
         self._sockets: list[socket.socket] = []
         c = self.config
-        self._core = _core.HttpServer(
+        self._core = _core.WsgiHost(
             loop,
             app,
             reactor,
