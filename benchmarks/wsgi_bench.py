@@ -7,6 +7,7 @@ Usage::
 
     python benchmarks/wsgi_bench.py [--quick] [--only SERVER[,SERVER...]]
                                     [--apps APP[,APP...]] [--setup]
+                                    [--baseline DIR]
 
 Run it with any Python 3.11+ (the harness needs only the standard library).
 It starts twisted-shim from the project's C{.venv} and the other servers from
@@ -130,6 +131,11 @@ notes say so.
 After the run the server's session gets SIGTERM, then SIGKILL after 5 s, and
 any process left in the session is killed. On Ctrl-C, SIGTERM or SIGHUP
 every process the harness started is stopped the same way.
+
+The "server CPU µs/req" column is the server's CPU time during the measured
+run (its whole process tree, user and system, from /proc) divided by the
+requests it served: what a request costs the server, which stays meaningful
+when wrk saturates its core first (the rate then shows as ">= N").
 
 The ratio column is twisted-shim's rate divided by the server's rate on the
 same application: above 1, twisted-shim served more requests per second.
@@ -1180,14 +1186,31 @@ def _fmt_errors(r: PairResult) -> str:
     return f"{r.error_rate:.1%} ({kinds}){mark}"
 
 
+def _fmt_cpu_per_request(r: PairResult) -> str:
+    """Microseconds of the server's CPU (its whole process tree, user and
+    system) per request served in the measured run: the cost that stays
+    meaningful when wrk, not the server, was the limit."""
+    if r.server_cpu is None or not r.rate:
+        return "-"
+    return f"{r.server_cpu / r.rate * 1e6:,.1f}"
+
+
 def _fmt_ratio(r: PairResult, base: PairResult | None) -> str:
     if base is None or base.rate is None or not r.rate:
         return "-"
     return f"{base.rate / r.rate:.2f}x"
 
 
-HEADERS = ["server", "app", "req/s", "p99 ms", "errors", "twisted-shim / server"]
-ALIGN_RIGHT = [False, False, True, True, False, True]
+HEADERS = [
+    "server",
+    "app",
+    "req/s",
+    "server CPU µs/req",
+    "p99 ms",
+    "errors",
+    "twisted-shim / server",
+]
+ALIGN_RIGHT = [False, False, True, True, True, False, True]
 
 
 def _rows(
@@ -1205,6 +1228,7 @@ def _rows(
                     server,
                     app,
                     _fmt_rate(r),
+                    _fmt_cpu_per_request(r),
                     _fmt_p99(r),
                     _fmt_errors(r),
                     _fmt_ratio(r, base),
@@ -1317,7 +1341,39 @@ def _run_pair_quietly(plan: Plan, server: str, app: str, retries: int) -> PairRe
     return r
 
 
+def baseline_server(tree: Path) -> Server:
+    """
+    twisted-shim from another checkout of this repository, whose extension
+    is built in place (C{maturin develop}, or C{cargo build --release} with
+    the library copied to C{twisted_shim/_core.*.so}): the same command as
+    C{twisted-shim} with that tree first on C{PYTHONPATH}, so before/after
+    comparisons run in one sitting, on the same machine state.
+    """
+    tree = tree.resolve()
+    label = _cmd_output(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"])
+    shim = _shim_cmd(threaded=False)
+
+    def cmd(app: str, port: int, ctx: Ctx) -> Cmd:
+        path = f"PYTHONPATH={HERE}{os.pathsep}{tree}"
+        return ["env", path, *shim(app, port, ctx)]
+
+    def unavailable() -> str | None:
+        if not list((tree / "twisted_shim").glob("_core*.so")):
+            return f"no built extension in {tree}/twisted_shim"
+        return _shim_unavailable()
+
+    return Server(
+        "twisted-shim@base",
+        lambda c: f"as twisted-shim, from {tree} (git {label})",
+        cmd,
+        unavailable,
+    )
+
+
 def harness(args: argparse.Namespace) -> int:
+    if args.baseline:
+        base = baseline_server(Path(args.baseline))
+        SERVERS[base.name] = base
     servers = _split(args.only, SERVERS, tuple(SERVERS), "server(s)")
     apps = _split(args.apps, APPS, DEFAULT_APPS, "app(s)")
     if servers is None or apps is None:
@@ -1502,6 +1558,12 @@ def main(argv: list[str] | None = None) -> int:
         default=RETRIES,
         help="reruns of a pair when other processes used more than "
         f"{OTHER_CPU_LIMIT:.0%}% of a CPU during it (default {RETRIES})",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run twisted-shim from this checkout (extension built in "
+        "place) as server twisted-shim@base, for before/after comparisons",
     )
     parser.add_argument("--json", help="JSON output path")
     parser.add_argument(

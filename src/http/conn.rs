@@ -73,6 +73,8 @@ pub enum Phase {
 
 /// The response to the request in progress, as the connection frames it.
 pub struct Response {
+    /// The request line's method and target, for the access log (empty
+    /// when there is none).
     method: String,
     target: String,
     minor: u8,
@@ -96,11 +98,16 @@ pub struct Response {
 }
 
 impl Response {
-    fn new(head: &Head) -> Response {
+    fn new(head: &Head, logging: bool) -> Response {
         let head_request = head.method == "HEAD";
+        let (method, target) = if logging {
+            (head.method.clone(), head.target.clone())
+        } else {
+            (String::new(), String::new())
+        };
         Response {
-            method: head.method.clone(),
-            target: head.target.clone(),
+            method,
+            target,
             minor: head.minor,
             head_request,
             keep_alive: head.keep_alive,
@@ -147,6 +154,12 @@ pub struct Conn {
     pub token: Mutex<Option<Token>>,
     pub server: Weak<Server>,
     pub info: Arc<ConnInfo>,
+    /// The server's high-water mark, copied: checked once per item a
+    /// service produces.
+    high_water: usize,
+    /// Whether the server writes an access log (the request line is kept
+    /// for it only then).
+    logging: bool,
     pub state: Mutex<ConnState>,
 }
 
@@ -167,6 +180,8 @@ impl Conn {
             token: Mutex::new(None),
             server: Arc::downgrade(server),
             info: Arc::new(info),
+            high_water: server.cfg.high_water,
+            logging: server.cfg.access_log.is_some(),
             state: Mutex::new(ConnState {
                 rbuf: Vec::new(),
                 phase: Phase::Idle,
@@ -370,7 +385,7 @@ impl Conn {
             let mut state = lock(&self.state);
             state.phase = Phase::Busy;
             state.since = Instant::now();
-            state.response = Some(Response::new(&head));
+            state.response = Some(Response::new(&head, self.logging));
         }
         let responder = Responder {
             conn: self.me.clone(),
@@ -409,9 +424,9 @@ impl Conn {
     /// Flush output, tell an exchange waiting for the queue to drain, parse
     /// pipelined input, and set the poller's interest to match.
     pub fn advance(self: &Arc<Self>, py: Python<'_>) {
-        let Some(server) = self.server.upgrade() else {
+        if self.server.strong_count() == 0 {
             return;
-        };
+        }
         for _ in 0..1024 {
             let mut drained: Option<Arc<dyn Exchange>> = None;
             let mut process = false;
@@ -434,7 +449,7 @@ impl Conn {
                             state.since = Instant::now();
                             state.input_dirty = true;
                         }
-                        if state.waiting_drain && state.out.bytes <= server.cfg.high_water {
+                        if state.waiting_drain && state.out.bytes <= self.high_water {
                             state.waiting_drain = false;
                             drained = state.exchange.clone();
                         }
@@ -669,11 +684,7 @@ impl Conn {
     }
 
     pub fn over_high_water(&self) -> bool {
-        let high = self
-            .server
-            .upgrade()
-            .map_or(usize::MAX, |s| s.cfg.high_water);
-        lock(&self.state).out.bytes > high
+        lock(&self.state).out.bytes > self.high_water
     }
 
     pub fn wait_for_drain(&self) {
@@ -682,6 +693,9 @@ impl Conn {
 
     /// Write the access-log line of the request in progress, once.
     fn log_request(&self, py: Python<'_>) {
+        if !self.logging {
+            return;
+        }
         let Some(server) = self.server.upgrade() else {
             return;
         };
