@@ -129,6 +129,21 @@ def test_absolute_form_target(server: Server) -> None:
     assert env["QUERY_STRING"]["value"] == "q=1"
 
 
+def test_absolute_form_authority_replaces_host(server: Server) -> None:
+    """With an absolute-form target the server uses the target's authority
+    and ignores the Host header (RFC 9112 §3.2.2): the application sees the
+    authority as HTTP_HOST, once."""
+    resp, reader = exchange(
+        server.port,
+        build_request(
+            "GET", "http://target.example:8080/environ/abs", headers=[("Host", "other")]
+        ),
+    )
+    reader.sock.close()
+    env = resp.json()["environ"]
+    assert env["HTTP_HOST"]["value"] == "target.example:8080"
+
+
 def test_header_whitespace_and_empty_values(server: Server) -> None:
     """Optional whitespace around a field value is not part of it; an empty
     value is an empty string."""
@@ -682,12 +697,31 @@ def test_unsupported_transfer_coding_refused(limited: Server) -> None:
     [
         b"GET /hello HTTP/1.1\r\n\r\n",
         b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        *(
+            b"GET /hello HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+            for value in [b"a/b", b"a b", b"\xe9vil", b"a, b", b"u@a", b"evil:99999"]
+        ),
+        b"GET http://u@x/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http:///hello HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["missing-host", "two-hosts"],
+    ids=[
+        "missing-host",
+        "two-hosts",
+        "host-slash",
+        "host-space",
+        "host-non-ascii",
+        "host-list",
+        "host-userinfo",
+        "host-port-range",
+        "target-userinfo",
+        "target-empty-authority",
+    ],
 )
 def test_host_header_rules_400(limited: Server, raw: bytes) -> None:
-    """An HTTP/1.1 request without a Host, or with two, is answered 400 (RFC
-    9112 §3.2: a server MUST)."""
+    """An HTTP/1.1 request without a Host, with two, or with one that is not
+    a valid host (RFC 3986: reg-name, IPv4 or bracketed IPv6, port up to
+    65535, no userinfo), or an absolute-form target whose authority is not
+    one, is answered 400 (RFC 9112 §3.2: a server MUST)."""
     _expect_status_and_close(limited.port, raw, (400,))
 
 

@@ -8,6 +8,11 @@
 //! `Transfer-Encoding`, invalid or repeated `Content-Length`, and transfer
 //! codings other than `chunked` are all 400.
 //!
+//! `Host` must be one valid authority without userinfo (RFC 9112 §3.2,
+//! [`valid_host`]), else 400; for an absolute-form target, the target's
+//! authority replaces the `Host` header's value (§3.2.2), so what a service
+//! reads as the host is what the request was routed by.
+//!
 //! A chunk-size line is parsed by [`parse_chunk_line`] to RFC 9112's grammar
 //! exactly (`httparse::parse_chunk_size` skips anything up to a LF in an
 //! extension, so a bare LF there split one request into two): hex digits,
@@ -197,8 +202,19 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Reject> {
                 return Err(Reject::BadRequest("repeated Host"));
             }
             host_seen = true;
+            if !valid_host(value) {
+                return Err(Reject::BadRequest("invalid Host"));
+            }
         }
         out.push((name.to_owned(), value.to_vec()));
+    }
+    if let Some(authority) = absolute_authority(&target)? {
+        // RFC 9112 §3.2.2: the target's authority, not the Host header.
+        match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            Some((_, v)) => *v = authority.as_bytes().to_vec(),
+            None => out.push(("Host".to_owned(), authority.as_bytes().to_vec())),
+        }
+        host_seen = true;
     }
     if transfer_encoding && content_length.is_some() {
         return Err(Reject::BadRequest(
@@ -409,6 +425,86 @@ impl ChunkedDecoder {
             }
         }
     }
+}
+
+/// Whether `value` is a valid `Host`: `host [":" port]` per RFC 3986 with
+/// no userinfo, where host is an IP-literal (`[` IPv6 `]`), an IPv4
+/// address or a reg-name (unreserved, percent-encoded and sub-delims
+/// characters), and port at most 65535. Empty is valid (a target without
+/// an authority). A comma, though a sub-delim, is refused: it is what two
+/// Host values joined into one look like.
+pub fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if value[0] == b'[' {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &value[1..end];
+        let ok = std::str::from_utf8(inside)
+            .ok()
+            .is_some_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&value[..0], port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], &value[i + 1..]),
+            None => (value, &value[..0]),
+        }
+    };
+    if !port.iter().all(u8::is_ascii_digit)
+        || (!port.is_empty()
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_none_or(|p| p > 65535))
+    {
+        return false;
+    }
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !(host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The authority of an absolute-form target (`http://AUTHORITY/...`), if
+/// the target is one; 400 if that authority is not a valid host.
+fn absolute_authority(target: &str) -> Result<Option<&str>, Reject> {
+    let Some(after) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    else {
+        return Ok(None);
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let authority = &after[..end];
+    if authority.is_empty() || !valid_host(authority.as_bytes()) {
+        return Err(Reject::BadRequest(
+            "invalid authority in the request target",
+        ));
+    }
+    Ok(Some(authority))
 }
 
 /// More hex digits than this in a chunk size is 400 (16 fill a u64).
@@ -766,6 +862,81 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(line)
             );
+        }
+    }
+
+    #[test]
+    fn hosts_follow_rfc_3986() {
+        for ok in [
+            &b""[..],
+            b"example.com",
+            b"example.com:8080",
+            b"a-b_c.d~e",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:8000",
+            b"[2001:db8::7]",
+            b"xn--bcher-kva.example",
+            b"%41bc",
+            b"host:",
+            b"h:65535",
+        ] {
+            assert!(valid_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"a/b"[..],
+            b"a b",
+            b"\xe9vil",
+            b"a, b",
+            b"a,b",
+            b"u@a",
+            b"evil:99999",
+            b"h:8a",
+            b"[::1",
+            b"[nothex]",
+            b"[::1]x",
+            b"%4",
+            b"%zz",
+            b"a\\b",
+            b"a?b",
+            b"a#b",
+        ] {
+            assert!(!valid_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn an_invalid_host_is_400_and_absolute_form_replaces_host() {
+        for value in ["a/b", "a b", "a, b", "u@a", "evil:99999"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {value}\r\n\r\n");
+            assert_eq!(
+                head(&raw).unwrap_err(),
+                Reject::BadRequest("invalid Host"),
+                "{value}"
+            );
+        }
+        let h = head("GET / HTTP/1.1\r\nHost: \u{e9}vil\r\n\r\n");
+        assert!(h.is_err());
+        let h = head("GET http://x:81/p?q=1 HTTP/1.1\r\nHost: y\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let hosts: Vec<_> = h
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].1, b"x:81");
+        let h = head("GET http://x/p HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(h.headers.iter().any(|(n, v)| n == "Host" && v == b"x"));
+        for target in [
+            "http:///p",
+            "http://u@x/p",
+            "http://a b/p",
+            "https://x:99999/",
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(head(&raw).is_err(), "{target}");
         }
     }
 
