@@ -345,6 +345,7 @@ LIMITS: dict[str, Any] = {
     "max_header": 4096,
     "max_body": 65536,
     "header_timeout": 0.5,
+    "body_timeout": 0.5,
     "keepalive_timeout": 0.5,
 }
 

@@ -862,6 +862,104 @@ def test_trickled_headers_408(limited: Server) -> None:
     sock.close()
 
 
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """What the server sends until it closes, and when it closed (seconds
+    since the call), waiting at most C{limit} seconds."""
+    start = time.monotonic()
+    sock.settimeout(0.05)
+    got = b""
+    while time.monotonic() - start < limit:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got, time.monotonic() - start
+
+
+def test_first_head_is_timed_from_the_connection(wsgi_server: StartServer) -> None:
+    """
+    A new connection's first head must be complete within --header-timeout
+    of the connection, not of its first byte: a client that waits almost the
+    whole timeout before sending anything does not get a second one.
+    """
+    server = wsgi_server(fresh=True, header_timeout=2.0, keepalive_timeout=5.0)
+    sock = connect(server.port)
+    start = time.monotonic()
+    time.sleep(1.7)
+    sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+    got, _ = _read_until_closed(sock, 5.0)
+    elapsed = time.monotonic() - start
+    sock.close()
+    assert got.startswith(b"HTTP/1.1 408"), got
+    # From the first byte it would be 1.7 + 2 = 3.7 s.
+    assert elapsed < 3.0, elapsed
+
+
+def test_stalled_body_408_after_body_timeout(wsgi_server: StartServer) -> None:
+    """A body that stops arriving is answered 408 after --body-timeout (not
+    --header-timeout), and the connection is closed."""
+    server = wsgi_server(fresh=True, header_timeout=0.3, body_timeout=1.2)
+    sock = connect(server.port)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+    got, elapsed = _read_until_closed(sock, 10.0)
+    sock.close()
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert 0.9 < elapsed < 5.0, elapsed
+
+
+def test_trickled_body_below_min_rate_408(wsgi_server: StartServer) -> None:
+    """
+    A body that keeps arriving, but slower than --min-body-rate, is 408 once
+    its budget (--body-timeout plus a second per min-rate bytes) is spent:
+    a byte every 0.1 s no longer holds a connection forever.
+    """
+    server = wsgi_server(fresh=True, body_timeout=0.5, min_body_rate=1000)
+    sock = connect(server.port)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    sock.settimeout(0.1)
+    start = time.monotonic()
+    got = b""
+    while time.monotonic() - start < 6.0 and not got:
+        try:
+            sock.sendall(b"z")
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            got = sock.recv(65536)
+        except TimeoutError:
+            pass
+    elapsed = time.monotonic() - start
+    sock.close()
+    # ~10 bytes/s against 1000: the budget is about 0.5 s; without a rate
+    # the body would still be arriving at 6 s (one byte is never 0.5 s late).
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert elapsed < 3.0, elapsed
+
+
+def test_body_at_a_fair_rate_is_served(wsgi_server: StartServer) -> None:
+    """The other side: a body sent in pieces faster than the minimum rate,
+    with gaps shorter than --body-timeout, is served."""
+    server = wsgi_server(fresh=True, body_timeout=0.5, min_body_rate=1000)
+    sock = connect(server.port)
+    body = bytes(range(256)) * 40
+    sock.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for i in range(0, len(body), 2048):
+        sock.sendall(body[i : i + 2048])
+        time.sleep(0.2)
+    reader = ResponseReader(sock)
+    resp = reader.read_response()
+    sock.close()
+    assert resp.status == 200
+    assert resp.body == body
+
+
 def test_idle_connection_without_request_closed(limited: Server) -> None:
     """A client that connects and sends nothing is disconnected after the
     header timeout (with a 408 or without a response)."""
@@ -951,7 +1049,7 @@ def test_no_descriptor_leak_after_bad_requests(wsgi_server: StartServer) -> None
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
         s.close()
-    for s in socks[20:]:  # left to the header timeout
+    for s in socks[20:]:  # left to the header and body timeouts
         assert ResponseReader(s).read_response().status == 408
         s.close()
 

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--header-timeout", type=float)
     p.add_argument("--keepalive-timeout", type=float)
     p.add_argument("--send-timeout", type=float)
+    p.add_argument("--body-timeout", type=float)
+    p.add_argument("--min-body-rate", type=int)
     p.add_argument("--max-pause", type=_max_pause, default=argparse.SUPPRESS)
     p.add_argument("--high-water", type=int)
     p.add_argument(
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             "header_timeout",
             "keepalive_timeout",
             "send_timeout",
+            "body_timeout",
+            "min_body_rate",
             "high_water",
         )
         if (value := getattr(args, name)) is not None

@@ -10,8 +10,11 @@
 //!
 //! - `Idle`: between requests (or fresh); closed after the keep-alive (or
 //!   header) timeout.
-//! - `Head`/`Body`: a request is arriving; 408 if it stalls past the header
-//!   timeout, 400/413/431 if it is bad, and the connection closes.
+//! - `Head`/`Body`: a request is arriving; 400/413/431 if it is bad, and
+//!   408 if it is too slow: a head past the header timeout from its first
+//!   byte (on a new connection, from the connection); a body that goes
+//!   `body_timeout` without a byte, or averages less than `min_body_rate`
+//!   past its first `body_timeout`. Then the connection closes.
 //! - `Busy`: the service has the request (its [`Exchange`]). The socket is
 //!   still read, so a client that goes away is noticed while the request
 //!   waits; input is kept (pipelining) up to a cap, then reading stops until
@@ -135,6 +138,10 @@ pub struct ConnState {
     waiting_drain: bool,
     /// When the current phase started (or input last arrived, in `Body`).
     pub since: Instant,
+    /// When the body of the request arriving started, and how many bytes of
+    /// it (framing included) have been taken: its rate is checked with them.
+    body_started: Instant,
+    body_received: u64,
     pub eof: bool,
     pub closed: bool,
     /// New input or a new phase since `process` last looked.
@@ -190,6 +197,8 @@ impl Conn {
                 response: None,
                 waiting_drain: false,
                 since: Instant::now(),
+                body_started: Instant::now(),
+                body_received: 0,
                 eof: false,
                 closed: false,
                 input_dirty: false,
@@ -273,7 +282,13 @@ impl Conn {
                     }
                     if let Phase::Idle = state.phase {
                         state.phase = Phase::Head;
-                        state.since = Instant::now();
+                        // A new connection's first head is timed from the
+                        // connection, so waiting before the first byte does
+                        // not buy a second header timeout; later heads from
+                        // their first byte.
+                        if state.served > 0 {
+                            state.since = Instant::now();
+                        }
                     }
                     let head = match parse_head(&state.rbuf, server.cfg.max_header) {
                         Err(r) => return Action::Reject(r),
@@ -308,6 +323,8 @@ impl Conn {
                         remaining,
                     };
                     state.since = Instant::now();
+                    state.body_started = state.since;
+                    state.body_received = 0;
                 }
                 Phase::Body {
                     body,
@@ -321,6 +338,7 @@ impl Conn {
                                 Err(r) => return Action::Reject(r),
                                 Ok(used) => {
                                     state.rbuf.drain(..used);
+                                    state.body_received += used as u64;
                                 }
                             }
                             dec.is_done()
@@ -329,6 +347,7 @@ impl Conn {
                             let take = (*remaining).min(state.rbuf.len() as u64) as usize;
                             body.extend_from_slice(&state.rbuf[..take]);
                             state.rbuf.drain(..take);
+                            state.body_received += take as u64;
                             *remaining -= take as u64;
                             *remaining == 0
                         }
@@ -842,7 +861,19 @@ impl Conn {
             match state.phase {
                 Phase::Idle if state.served > 0 && age >= cfg.keepalive_timeout => Due::Close,
                 Phase::Idle if state.served == 0 && age >= cfg.header_timeout => Due::Close,
-                Phase::Head | Phase::Body { .. } if age >= cfg.header_timeout => Due::Timeout,
+                Phase::Head if age >= cfg.header_timeout => Due::Timeout,
+                // A body that stalls, or trickles below the minimum rate.
+                Phase::Body { .. } if age >= cfg.body_timeout => Due::Timeout,
+                Phase::Body { .. }
+                    if cfg.min_body_rate > 0
+                        && now.saturating_duration_since(state.body_started)
+                            >= cfg.body_timeout
+                                + Duration::from_secs_f64(
+                                    state.body_received as f64 / cfg.min_body_rate as f64,
+                                ) =>
+                {
+                    Due::Timeout
+                }
                 Phase::Lingering if age >= LINGER => Due::Close,
                 // The client takes none of its response: cut it off rather
                 // than hold the request (and its service) forever.

@@ -37,9 +37,15 @@ pub struct Config {
     pub max_header: usize,
     /// Largest request body, in bytes, de-chunked (larger: 413).
     pub max_body: usize,
-    /// How long a request head (and its body) may take to arrive once the
-    /// connection is open or the head started (longer: 408).
+    /// How long a request head may take to arrive, from its first byte (on
+    /// a new connection, from the connection): longer is 408.
     pub header_timeout: Duration,
+    /// How long a request body may go without a byte arriving (longer: 408).
+    pub body_timeout: Duration,
+    /// Bytes per second a body must average past its first `body_timeout`:
+    /// its budget is `body_timeout` plus one second per `min_body_rate`
+    /// bytes received (slower: 408). 0: no minimum.
+    pub min_body_rate: u64,
     /// How long an idle persistent connection is kept between requests.
     pub keepalive_timeout: Duration,
     /// A response whose client takes nothing for this long is aborted.

@@ -199,6 +199,8 @@ fn harness(py: Python<'_>, plan: Plan, high_water: usize) -> Harness {
         header_timeout: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+        min_body_rate: 1024,
         high_water,
         proxies: Arc::new(TrustedProxies::parse::<&str>(&[]).unwrap()),
         access_log: None,

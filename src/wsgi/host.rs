@@ -126,7 +126,7 @@ impl WsgiHost {
     #[new]
     #[pyo3(signature = (
         loop_, app, reactor, *, max_header, max_body, header_timeout, keepalive_timeout,
-        send_timeout,
+        send_timeout, body_timeout=30.0, min_body_rate=1024,
         max_pause, high_water, access_log, url_scheme, multithread, pause_keys, errors, waiter,
         multiprocess=false, forwarded_allow_ips=Vec::new()
     ))]
@@ -141,6 +141,8 @@ impl WsgiHost {
         header_timeout: f64,
         keepalive_timeout: f64,
         send_timeout: f64,
+        body_timeout: f64,
+        min_body_rate: u64,
         max_pause: Option<f64>,
         high_water: usize,
         access_log: Option<Py<PyAny>>,
@@ -175,6 +177,8 @@ impl WsgiHost {
             header_timeout: duration(header_timeout, "header_timeout")?,
             keepalive_timeout: duration(keepalive_timeout, "keepalive_timeout")?,
             send_timeout: duration(send_timeout, "send_timeout")?,
+            body_timeout: duration(body_timeout, "body_timeout")?,
+            min_body_rate,
             high_water: high_water.max(1),
             proxies: proxies.clone(),
             access_log,

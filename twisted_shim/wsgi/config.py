@@ -154,8 +154,16 @@ class ServerConfig:
         head is answered 431.
     @ivar max_body: Largest request body, in bytes (de-chunked); a larger one
         is answered 413 (at once when C{Content-Length} says so).
-    @ivar header_timeout: Seconds a client may take to send a request head
-        once it started one (or connected); then 408 and close.
+    @ivar header_timeout: Seconds a client may take to send a request head,
+        counted from its first byte (for a new connection, from the
+        connection); then 408 and close.
+    @ivar body_timeout: Seconds a request body may go without a byte
+        arriving; then 408 and close (nginx's C{client_body_timeout}).
+    @ivar min_body_rate: Bytes per second a request body must average once
+        its first C{body_timeout} has passed: a body's time budget is
+        C{body_timeout} plus one second per C{min_body_rate} bytes received
+        (Apache's C{RequestReadTimeout body=...,MinRate=...}); a slower body
+        is 408. 0: no minimum.
     @ivar keepalive_timeout: Seconds an idle persistent connection is kept.
     @ivar send_timeout: Seconds a client may take none of its response
         before the connection is aborted (the request's iterable is closed).
@@ -198,6 +206,21 @@ class ServerConfig:
         "seconds to receive a request head; then 408",
         metavar="S",
         parse=positive_seconds,
+    )
+    body_timeout: float = setting(
+        30.0,
+        "--body-timeout",
+        "seconds a request body may go without a byte; then 408",
+        metavar="S",
+        parse=positive_seconds,
+    )
+    min_body_rate: int = setting(
+        1024,
+        "--min-body-rate",
+        "bytes/s a request body must average after its first --body-timeout; "
+        "0: no minimum",
+        metavar="BYTES",
+        parse=non_negative_int,
     )
     keepalive_timeout: float = setting(
         5.0,

@@ -67,6 +67,8 @@ class WSGIServer:
             max_header=c.max_header,
             max_body=c.max_body,
             header_timeout=c.header_timeout,
+            body_timeout=c.body_timeout,
+            min_body_rate=c.min_body_rate,
             keepalive_timeout=c.keepalive_timeout,
             send_timeout=c.send_timeout,
             max_pause=c.max_pause,
@@ -82,7 +84,7 @@ class WSGIServer:
         )
         # Header and keep-alive timeouts are checked by a sweep; a quarter of
         # the shortest timeout keeps them within 25% of their value.
-        tick = min(c.header_timeout, c.keepalive_timeout) / 4
+        tick = min(c.header_timeout, c.body_timeout, c.keepalive_timeout) / 4
         self._sweeper = LoopingCall(self._core.sweep)
         self._sweeper.clock = reactor
         self._sweeper.start(max(0.01, min(tick, 1.0)), now=False)
