@@ -17,6 +17,7 @@
 //! - [`wsgi`]: the WSGI host, one service on that server: PEP 3333 and the
 //!   pause_output extension.
 //!
+//! `hooks` exposes test-only functions (the HTTP differential test).
 //! This file only wires the modules into the Python module.
 
 use pyo3::prelude::*;
@@ -24,6 +25,7 @@ use pyo3::prelude::*;
 pub mod calls;
 pub mod event_loop;
 pub mod fdset;
+mod hooks;
 pub mod http;
 pub mod net;
 pub mod time;
@@ -37,5 +39,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     time::init_pymodule(m)?;
     event_loop::init_pymodule(m)?;
     wsgi::init_pymodule(m)?;
+    hooks::init_pymodule(m)?;
     Ok(())
 }

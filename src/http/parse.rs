@@ -597,6 +597,74 @@ pub fn parse_chunk_line(line: &[u8]) -> Result<(u64, usize), Reject> {
     Ok((size, digits))
 }
 
+/// One request as the server frames it from a byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    pub method: String,
+    pub target: String,
+    pub minor: u8,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// The connection stays open after it (a connection reads no further
+    /// request when this is false).
+    pub keep_alive: bool,
+}
+
+/// Frame every request in `data`, as a connection reads them (head, then
+/// its body, then the next head, unless the request closes the
+/// connection): the requests complete in `data`, and the reason the stream
+/// was refused, if it was. An incomplete last request is left out. Tests compare this with other parsers (the differential test);
+/// a connection applies the same functions as bytes arrive.
+pub fn frame_all(data: &[u8], max_head: usize, max_body: u64) -> (Vec<Framed>, Option<Reject>) {
+    let mut out = Vec::new();
+    let mut rest = data;
+    loop {
+        if rest.is_empty() {
+            return (out, None);
+        }
+        let head = match parse_head(rest, max_head) {
+            Err(r) => return (out, Some(r)),
+            Ok(None) => return (out, None),
+            Ok(Some(h)) => h,
+        };
+        rest = &rest[head.len..];
+        let mut body = Vec::new();
+        match head.body {
+            BodyKind::None => {}
+            BodyKind::Length(n) if n > max_body => return (out, Some(Reject::BodyTooLarge)),
+            BodyKind::Length(n) => {
+                if (rest.len() as u64) < n {
+                    return (out, None);
+                }
+                body.extend_from_slice(&rest[..n as usize]);
+                rest = &rest[n as usize..];
+            }
+            BodyKind::Chunked => {
+                let mut dec = ChunkedDecoder::default();
+                match dec.decode(rest, &mut body, max_body) {
+                    Err(r) => return (out, Some(r)),
+                    Ok(used) => rest = &rest[used..],
+                }
+                if !dec.is_done() {
+                    return (out, None);
+                }
+            }
+        }
+        let keep_alive = head.keep_alive;
+        out.push(Framed {
+            method: head.method,
+            target: head.target,
+            minor: head.minor,
+            headers: head.headers,
+            body,
+            keep_alive,
+        });
+        if !keep_alive {
+            return (out, None);
+        }
+    }
+}
+
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
