@@ -208,21 +208,22 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Reject> {
         }
         out.push((name.to_owned(), value.to_vec()));
     }
+    if minor == 1 && !host_seen {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is 400, even with
+        // an absolute-form target.
+        return Err(Reject::BadRequest("missing Host header"));
+    }
     if let Some(authority) = absolute_authority(&target)? {
         // RFC 9112 §3.2.2: the target's authority, not the Host header.
         match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case("host")) {
             Some((_, v)) => *v = authority.as_bytes().to_vec(),
             None => out.push(("Host".to_owned(), authority.as_bytes().to_vec())),
         }
-        host_seen = true;
     }
     if transfer_encoding && content_length.is_some() {
         return Err(Reject::BadRequest(
             "both Content-Length and Transfer-Encoding",
         ));
-    }
-    if minor == 1 && !host_seen {
-        return Err(Reject::BadRequest("missing Host header"));
     }
     if transfer_encoding && minor == 0 {
         return Err(Reject::BadRequest(
@@ -413,6 +414,11 @@ impl ChunkedDecoder {
                     if rest[..line_end].contains(&b'\n') {
                         return Err(Reject::BadRequest("bare LF in trailers"));
                     }
+                    if line_end > 0 && !valid_field_line(&rest[..line_end]) {
+                        // Anything else (a bare CR, a request line) would be
+                        // swallowed as a trailer: the next request with it.
+                        return Err(Reject::BadRequest("invalid trailer field"));
+                    }
                     self.trailers += line_end + 2;
                     if self.trailers > MAX_TRAILERS {
                         return Err(Reject::HeadTooLarge);
@@ -505,6 +511,20 @@ fn absolute_authority(target: &str) -> Result<Option<&str>, Reject> {
         ));
     }
     Ok(Some(authority))
+}
+
+/// A field line (RFC 9112 section 5): a token, ':', then a value of
+/// visible characters, spaces, tabs and obs-text (no CR, LF, NUL or other
+/// control characters).
+fn valid_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon].iter().all(|&b| is_tchar(b))
+        && line[colon + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// More hex digits than this in a chunk size is 400 (16 fill a u64).
@@ -906,6 +926,30 @@ mod tests {
     }
 
     #[test]
+    fn trailer_lines_must_be_field_lines() {
+        for bad in [
+            &b"0\r\n\r\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\nbad name: v\r\n\r\n",
+            b"0\r\nT: nul\x00\r\n\r\n",
+            b"0\r\nT: cr\rx\r\n\r\n",
+        ] {
+            let mut d = ChunkedDecoder::default();
+            assert_eq!(
+                d.decode(bad, &mut Vec::new(), 100),
+                Err(Reject::BadRequest("invalid trailer field")),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut d = ChunkedDecoder::default();
+        let ok = b"0\r\nT: v\r\nEmpty:\r\nX-Obs: \xe9\t!\r\n\r\nNEXT";
+        assert_eq!(d.decode(ok, &mut Vec::new(), 100), Ok(ok.len() - 4));
+        assert!(d.is_done());
+    }
+
+    #[test]
     fn smuggling_through_a_bare_lf_in_an_extension_is_refused() {
         // Found by a reliability test: read as two requests before.
         let body = b"2;\nxx\r\n50\r\n0\r\n\r\nGET /SMUGGLED HTTP/1.1\r\n";
@@ -995,6 +1039,11 @@ mod tests {
             .collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].1, b"x:81");
+        // HTTP/1.1 needs Host even with an absolute-form target.
+        assert_eq!(
+            head("GET http://x/p HTTP/1.1\r\n\r\n").unwrap_err(),
+            Reject::BadRequest("missing Host header")
+        );
         let h = head("GET http://x/p HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(h.headers.iter().any(|(n, v)| n == "Host" && v == b"x"));
         for target in [
