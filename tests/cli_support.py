@@ -649,3 +649,83 @@ class Hammer:
             "hammer clients still running"
         )
         return self.counts
+
+
+class KeepAlive:
+    """
+    C{n} threads, each sending requests back to back on one persistent
+    connection, as wrk does, and opening a new one when a response says
+    C{Connection: close}, until L{stop} or the port refuses. Each request is
+    C{ok} (a complete 200), C{lost} (sent on an open connection and answered
+    by nothing: closed or reset before any byte of a response), or
+    C{broken} (anything else); C{refused} counts connections not accepted.
+    """
+
+    def __init__(self, port: int, path: str, n: int) -> None:
+        self.counts: dict[str, int] = {"ok": 0, "lost": 0, "broken": 0, "refused": 0}
+        self.closes = 0
+        self.problems: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(port, path), daemon=True)
+            for _ in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _count(self, kind: str, detail: str = "") -> None:
+        with self._lock:
+            self.counts[kind] += 1
+            if detail:
+                self.problems.append(detail)
+
+    def _loop(self, port: int, path: str) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            if conn is None:
+                try:
+                    sock = socket.create_connection(
+                        ("127.0.0.1", port), timeout=TIMEOUT
+                    )
+                except ConnectionRefusedError:
+                    self._count("refused")
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+                conn.sock = sock
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+            except (
+                http.client.RemoteDisconnected,
+                ConnectionResetError,
+                BrokenPipeError,
+            ):
+                self._count("lost", f"{path}: no response on a kept-alive connection")
+                conn.close()
+                conn = None
+                continue
+            except (OSError, http.client.HTTPException) as e:
+                self._count("broken", repr(e))
+                conn.close()
+                conn = None
+                continue
+            if response.status == 200 and body:
+                self._count("ok")
+            else:
+                self._count("broken", f"{response.status} {body[:50]!r}")
+            if response.will_close:
+                with self._lock:
+                    self.closes += 1
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(TIMEOUT)
+        with self._lock:
+            return dict(self.counts)

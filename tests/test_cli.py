@@ -27,6 +27,7 @@ from cli_support import (
     TIMEOUT,
     Hammer,
     InFlight,
+    KeepAlive,
     Servers,
     alive,
     command,
@@ -487,6 +488,54 @@ def test_graceful_shutdown(
         assert not alive(pid)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_shutdown_loses_no_request_on_kept_alive_connections(
+    serve: Servers, run: int
+) -> None:
+    """
+    SIGTERM while 20 clients send requests back to back on persistent
+    connections: every request sent gets its complete response (the last on
+    each connection with Connection: close), none is met by a close or a
+    reset; then the port refuses and the process exits 0.
+    """
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "1")
+    clients = KeepAlive(server.port, "/pid", 20)
+    assert wait_until(lambda: clients.counts["ok"] > 200, timeout=TIMEOUT)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0, server.stderr
+    counts = clients.stop()
+    assert counts["lost"] == 0 and counts["broken"] == 0, (counts, clients.problems[:5])
+    assert counts["ok"] > 200, counts
+    assert clients.closes >= 1, "no response said Connection: close"
+
+
+def test_shutdown_answers_pipelined_requests(serve: Servers) -> None:
+    """
+    Three requests pipelined behind a slow one, on one connection, when
+    SIGTERM arrives: all four are answered, in order, the last with
+    Connection: close, then the connection closes.
+    """
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    request = "GET {} HTTP/1.1\r\nHost: t\r\n\r\n"
+    sock.sendall((request.format("/slow?0.5") + request.format("/pid") * 3).encode())
+    time.sleep(0.2)
+    server.signal(signal.SIGTERM)
+    got = b""
+    sock.settimeout(TIMEOUT)
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    sock.close()
+    assert server.wait() == 0, server.stderr
+    assert got.count(b"HTTP/1.1 200 OK") == 4, got
+    assert got.count(b"Connection: close") == 1, got
+    last = got.rindex(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in got[last:], got
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -57,6 +57,11 @@ const BUSY_READ_CAP: usize = 256 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// How long a closing connection waits for the client to read and close.
 const LINGER: Duration = Duration::from_secs(2);
+/// While the server drains, how long a connection must have been idle
+/// before it is closed: a client that just got its response is likely
+/// sending its next request, which is answered (with `Connection: close`)
+/// rather than lost to a close racing it.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// The body of the page sent when a service fails before its headers.
 const ERROR_PAGE: &[u8] = b"Internal Server Error\n";
 
@@ -146,8 +151,10 @@ pub struct ConnState {
     pub closed: bool,
     /// New input or a new phase since `process` last looked.
     pub input_dirty: bool,
-    /// Close once the current response is done (shutdown, `Connection: close`).
-    pub no_keepalive: bool,
+    /// The server is shutting down gracefully: every request already
+    /// received or arriving is answered, the last one the connection has with
+    /// `Connection: close`; then the connection closes.
+    draining: bool,
     pub served: u64,
     /// When output last went out, or the queue was last empty.
     pub last_sent: Instant,
@@ -202,7 +209,7 @@ impl Conn {
                 eof: false,
                 closed: false,
                 input_dirty: false,
-                no_keepalive: false,
+                draining: false,
                 served: 0,
                 last_sent: Instant::now(),
                 interest: (true, false),
@@ -528,7 +535,9 @@ impl Conn {
         complete: bool,
     ) {
         let mut state = lock(&self.state);
-        let no_keepalive = state.no_keepalive;
+        // Draining, this is the last response unless more input is waiting
+        // (pipelined requests are answered too, each in turn).
+        let last = state.draining && state.rbuf.is_empty();
         let Some(r) = state.response.as_mut() else {
             return;
         };
@@ -543,7 +552,7 @@ impl Conn {
         r.status_code = code;
         r.content_length = content_length;
         r.no_body = r.head_request || bodiless_status;
-        let mut keep_alive = r.keep_alive && !close && !no_keepalive;
+        let mut keep_alive = r.keep_alive && !close && !last;
         // Status and header values are latin-1 (the service checked): they
         // are written one byte per character.
         let mut head = String::with_capacity(256);
@@ -761,7 +770,7 @@ impl Conn {
             state.response = None;
             state.waiting_drain = false;
             state.served += 1;
-            if keep_alive && !state.no_keepalive && !state.eof {
+            if keep_alive && !state.eof {
                 state.phase = Phase::Idle;
                 state.input_dirty = true;
             } else {
@@ -901,16 +910,42 @@ impl Conn {
         }
     }
 
-    /// For graceful shutdown: close now if between requests, else after the
-    /// response in progress.
-    pub fn close_if_idle(self: &Arc<Self>, py: Python<'_>) {
-        let idle = {
+    /// For graceful shutdown (called repeatedly until the connection is
+    /// gone): answer what the client has sent or is sending, closing with
+    /// the last response; close a connection between requests once it has
+    /// been quiet for [`DRAIN_QUIET`], after looking for a request already
+    /// in its socket.
+    pub fn drain(self: &Arc<Self>, py: Python<'_>) {
+        enum Next {
+            Nothing,
+            Advance,
+            Close,
+        }
+        let next = {
             let mut state = lock(&self.state);
-            state.no_keepalive = true;
-            matches!(state.phase, Phase::Idle | Phase::Lingering) && state.out.is_empty()
+            if state.closed {
+                return;
+            }
+            state.draining = true;
+            match state.phase {
+                Phase::Lingering if state.out.is_empty() => Next::Close,
+                Phase::Idle if state.out.is_empty() => {
+                    self.read_input(&mut state);
+                    if !state.rbuf.is_empty() || state.eof {
+                        Next::Advance
+                    } else if state.since.elapsed() >= DRAIN_QUIET {
+                        Next::Close
+                    } else {
+                        Next::Nothing
+                    }
+                }
+                _ => Next::Nothing,
+            }
         };
-        if idle {
-            self.close(py, false);
+        match next {
+            Next::Nothing => {}
+            Next::Advance => self.advance(py),
+            Next::Close => self.close(py, false),
         }
     }
 

@@ -4,7 +4,7 @@
 //! handlers that accept), and the table of open connections. Its owner (the
 //! code that made it for its service) gives it listening sockets, calls
 //! [`Server::sweep`] periodically for timeouts, and drives graceful shutdown
-//! with [`Server::stop_accepting`], [`Server::close_idle`] and
+//! with [`Server::stop_accepting`], [`Server::drain`] and
 //! [`Server::abort_all`].
 
 use std::io;
@@ -163,11 +163,12 @@ impl Server {
         self.all().iter().filter(|c| c.is_active()).count()
     }
 
-    /// Close connections between requests; the others close after their
-    /// current response.
-    pub fn close_idle(&self, py: Python<'_>) {
+    /// Drain every connection for a graceful shutdown (call it until none
+    /// is left): requests received or arriving are answered, the last with
+    /// `Connection: close`; connections quiet between requests close.
+    pub fn drain(&self, py: Python<'_>) {
         for c in self.all() {
-            c.close_if_idle(py);
+            c.drain(py);
         }
     }
 

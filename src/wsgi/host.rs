@@ -229,10 +229,11 @@ impl WsgiHost {
         self.server.active()
     }
 
-    /// Close connections between requests; the others close after their
-    /// current response.
-    fn close_idle(&self, py: Python<'_>) {
-        self.server.close_idle(py);
+    /// Drain connections for a graceful shutdown (call it until
+    /// `connections()` is 0): requests received or arriving are answered,
+    /// the last with `Connection: close`; quiet connections close.
+    fn drain(&self, py: Python<'_>) {
+        self.server.drain(py);
     }
 
     /// Abort every connection (end of the shutdown grace period). Returns

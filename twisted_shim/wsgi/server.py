@@ -126,18 +126,20 @@ class WSGIServer:
 
     def shutdown(self, grace: float = 30.0) -> Deferred[None]:
         """
-        Stop gracefully: stop accepting, close idle connections, let requests
-        in flight (paused ones included) finish for up to C{grace} seconds,
-        then abort what is left. The Deferred fires when no connection is
-        left.
+        Stop gracefully: stop accepting, answer every request already
+        received or arriving on an open connection (paused ones included;
+        the last response on each connection says C{Connection: close}),
+        close connections once they are quiet between requests, for up to
+        C{grace} seconds, then abort what is left. The Deferred fires when no
+        connection is left.
         """
         self.stop_accepting()
-        self._core.close_idle()
+        self._core.drain()
         done: Deferred[None] = Deferred()
         deadline = self._reactor.seconds() + grace
 
         def check() -> None:
-            self._core.close_idle()
+            self._core.drain()
             if self._core.connections() == 0:
                 if self._sweeper.running:
                     self._sweeper.stop()
