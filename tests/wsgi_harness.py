@@ -21,34 +21,33 @@ with the server once it listens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import socket
 import sys
 import warnings
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 from wsgiref.validate import WSGIWarning
 
 VALIDATOR_WARNING = "WSGI-VALIDATOR-WARNING:"
 
 
-def _max_pause(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The application, and the host's options exactly as C{twisted-shim
+    serve} takes them (derived from the one configuration definition)."""
+    from twisted_shim.cli import add_option
+    from twisted_shim.wsgi.config import SERVE, ServerConfig, command_line
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("app", help="MODULE:APP, the WSGI application")
-    p.add_argument("--max-header", type=int)
-    p.add_argument("--max-body", type=int)
-    p.add_argument("--header-timeout", type=float)
-    p.add_argument("--keepalive-timeout", type=float)
-    p.add_argument("--send-timeout", type=float)
-    p.add_argument("--body-timeout", type=float)
-    p.add_argument("--min-body-rate", type=int)
-    p.add_argument("--max-pause", type=_max_pause, default=argparse.SUPPRESS)
-    p.add_argument("--high-water", type=int)
+    host = {f.name for f in dataclasses.fields(ServerConfig)}
+    for option in command_line(SERVE):
+        if option.name in host:
+            add_option(p, option)
+    # Not a serve option (the tests shrink it to reach backpressure early).
+    p.add_argument("--high-water", type=int, default=argparse.SUPPRESS)
     p.add_argument(
         "--nofile", type=int, help="lower RLIMIT_NOFILE to this (descriptor starvation)"
     )
@@ -97,23 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     application = getattr(module, app_name or "application")
 
-    options: dict[str, Any] = {
-        name: value
-        for name in (
-            "max_header",
-            "max_body",
-            "header_timeout",
-            "keepalive_timeout",
-            "send_timeout",
-            "body_timeout",
-            "min_body_rate",
-            "high_water",
-        )
-        if (value := getattr(args, name)) is not None
-    }
-    if hasattr(args, "max_pause"):
-        options["max_pause"] = args.max_pause
-    server = WSGIServer(application, ServerConfig(**options), reactor)
+    from twisted_shim.wsgi.config import options_from_values
+
+    host = {f.name for f in dataclasses.fields(ServerConfig)}
+    values = {name: getattr(args, name) for name in host if hasattr(args, name)}
+    high_water = values.pop("high_water", None)
+    config = options_from_values(args.app, values).server
+    if high_water is not None:
+        config = dataclasses.replace(config, high_water=high_water)
+    server = WSGIServer(application, config, reactor)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

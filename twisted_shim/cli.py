@@ -66,7 +66,7 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _add(parser: argparse.ArgumentParser, option: CommandLineOption) -> None:
+def add_option(parser: argparse.ArgumentParser, option: CommandLineOption) -> None:
     """
     Add C{option} to C{parser}. Its default is left out of the namespace
     (L{options_from} takes it from the definition), so only what was given
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the application, e.g. myapp:application (MODULE alone: MODULE:application)",
     )
     for option in command_line(SERVE):
-        _add(s, option)
+        add_option(s, option)
     return parser
 
 
