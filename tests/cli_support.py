@@ -573,7 +573,38 @@ class InFlight:
         return self.results
 
 
-class Hammer:
+class _ClientThreads:
+    """
+    C{n} client threads running C{self._loop(port, path)} until L{stop};
+    outcomes are counted, by kind, in C{counts} under a lock.
+    """
+
+    def __init__(self, port: int, path: str, n: int, kinds: Sequence[str]) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(kinds, 0)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(port, path), daemon=True)
+            for _ in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, port: int, path: str) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int]:
+        """Stop the clients (waiting at most C{timeout}); the counts."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self._threads), "clients still running"
+        with self._lock:
+            return dict(self.counts)
+
+
+class Hammer(_ClientThreads):
     """
     C{n} threads doing requests on new connections in a loop until
     L{stop}; each result is C{ok} (a complete 200), C{refused} (the
@@ -583,21 +614,8 @@ class Hammer:
     """
 
     def __init__(self, port: int, path: str, n: int) -> None:
-        self.counts: dict[str, int] = {
-            "ok": 0,
-            "refused": 0,
-            "no-response": 0,
-            "broken": 0,
-        }
         self.broken: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._loop, args=(port, path), daemon=True)
-            for _ in range(n)
-        ]
-        for t in self._threads:
-            t.start()
+        super().__init__(port, path, n, ("ok", "refused", "no-response", "broken"))
 
     def _loop(self, port: int, path: str) -> None:
         while not self._stop.is_set():
@@ -640,18 +658,8 @@ class Hammer:
         finally:
             sock.close()
 
-    def stop(self, timeout: float = 30.0) -> dict[str, int]:
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self._threads), (
-            "hammer clients still running"
-        )
-        return self.counts
 
-
-class KeepAlive:
+class KeepAlive(_ClientThreads):
     """
     C{n} threads, each sending requests back to back on one persistent
     connection, as wrk does, and opening a new one when a response says
@@ -662,17 +670,9 @@ class KeepAlive:
     """
 
     def __init__(self, port: int, path: str, n: int) -> None:
-        self.counts: dict[str, int] = {"ok": 0, "lost": 0, "broken": 0, "refused": 0}
         self.closes = 0
         self.problems: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._loop, args=(port, path), daemon=True)
-            for _ in range(n)
-        ]
-        for t in self._threads:
-            t.start()
+        super().__init__(port, path, n, ("ok", "lost", "broken", "refused"))
 
     def _count(self, kind: str, detail: str = "") -> None:
         with self._lock:
@@ -722,10 +722,3 @@ class KeepAlive:
                 conn = None
         if conn is not None:
             conn.close()
-
-    def stop(self) -> dict[str, int]:
-        self._stop.set()
-        for t in self._threads:
-            t.join(TIMEOUT)
-        with self._lock:
-            return dict(self.counts)
