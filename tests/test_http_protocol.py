@@ -1007,6 +1007,32 @@ def _wait_fds(server: Server, baseline: int) -> int:
         return server.fd_count()
 
 
+def test_memory_is_given_back_after_a_burst(wsgi_server: StartServer) -> None:
+    """
+    After a burst of 300 keep-alive connections closes, the next sweep gives
+    the heap's free memory back to the system (malloc_trim), once: the
+    server's resident size does not stay at its busiest.
+    """
+    srv = wsgi_server(fresh=True, keepalive_timeout=0.5, header_timeout=0.5)
+    assert get(srv.port, "/server").json()["heap_trims"] == 0
+    socks = []
+    for _ in range(300):
+        sock = connect(srv.port)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ResponseReader(sock).read_response().status == 200
+        socks.append(sock)
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 10
+    state = get(srv.port, "/server").json()
+    while state["heap_trims"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = get(srv.port, "/server").json()
+    assert state["heap_trims"] == 1, state
+    time.sleep(0.5)
+    assert get(srv.port, "/server").json()["heap_trims"] == 1, "trimmed again"
+
+
 def test_no_descriptor_leak_after_bad_requests(wsgi_server: StartServer) -> None:
     """
     A batch of every kind of bad input (malformed, too large, too slow,

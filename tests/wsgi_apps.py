@@ -185,7 +185,12 @@ def state(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 def server_state(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """The server's open connections and requests in flight."""
     return respond_json(
-        start_response, {"connections": SERVER.connections, "active": SERVER.active}
+        start_response,
+        {
+            "connections": SERVER.connections,
+            "active": SERVER.active,
+            "heap_trims": SERVER.heap_trims,
+        },
     )
 
 

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,24 @@ use crate::twisted::log_failure;
 
 /// Accept at most this many connections per readiness event.
 const ACCEPT_BATCH: usize = 128;
+
+/// After a burst of at least this many connections has shrunk to a quarter,
+/// the sweep hands the memory freed meanwhile back to the system.
+const TRIM_AFTER: usize = 256;
+
+/// Give freed heap memory back to the system. glibc keeps what a burst of
+/// connections freed (their buffers, their Python objects' small blocks)
+/// for reuse, so without this a server's resident size stays at its
+/// highest burst (about 40 MB more per burst of 10,000 connections).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and is safe to call from any
+    // thread at any time; it only releases free memory at the heap's top
+    // and in free pages of its arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// What the HTTP layer is told. It has no defaults of its own: whoever
 /// makes the server fills every field (the defaults live in one place, the
@@ -70,6 +88,10 @@ pub struct Server {
     accepting: AtomicBool,
     /// Accepting paused after running out of descriptors; retried by sweep.
     starved: AtomicBool,
+    /// The most connections open at once since the heap was last trimmed.
+    peak: AtomicUsize,
+    /// How many times the heap was trimmed (for tests and diagnostics).
+    trims: AtomicUsize,
 }
 
 impl Server {
@@ -82,6 +104,8 @@ impl Server {
             listeners: Mutex::new(Vec::new()),
             accepting: AtomicBool::new(true),
             starved: AtomicBool::new(false),
+            peak: AtomicUsize::new(0),
+            trims: AtomicUsize::new(0),
         })
     }
 
@@ -106,6 +130,7 @@ impl Server {
             let entry = conns.vacant_entry();
             let conn = Conn::new(entry.key(), fd, self, info);
             entry.insert(conn.clone());
+            self.peak.fetch_max(conns.len(), Ordering::Relaxed);
             conn
         };
         let lp = self.loop_.bind(py).get();
@@ -158,6 +183,11 @@ impl Server {
         lock(&self.conns).len()
     }
 
+    /// How many times the heap was given back to the system after a burst.
+    pub fn heap_trims(&self) -> usize {
+        self.trims.load(Ordering::Relaxed)
+    }
+
     /// Connections with a request arriving or in progress.
     pub fn active(&self) -> usize {
         self.all().iter().filter(|c| c.is_active()).count()
@@ -188,6 +218,13 @@ impl Server {
         let now = Instant::now();
         for c in self.all() {
             c.check_timeouts(py, now, self);
+        }
+        let open = self.connections();
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= TRIM_AFTER && open * 4 <= peak {
+            self.peak.store(open, Ordering::Relaxed);
+            self.trims.fetch_add(1, Ordering::Relaxed);
+            trim_heap();
         }
         if self.accepting.load(Ordering::SeqCst) && self.starved.swap(false, Ordering::SeqCst) {
             self.set_listening(py, true);

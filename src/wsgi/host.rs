@@ -224,6 +224,12 @@ impl WsgiHost {
         self.server.connections()
     }
 
+    /// How many times the heap was given back to the system after a burst
+    /// of connections.
+    fn heap_trims(&self) -> usize {
+        self.server.heap_trims()
+    }
+
     /// Connections with a request arriving or in progress.
     fn active(&self) -> usize {
         self.server.active()

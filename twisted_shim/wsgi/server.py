@@ -104,6 +104,12 @@ class WSGIServer:
         return self._core.connections()
 
     @property
+    def heap_trims(self) -> int:
+        """How many times freed memory was given back to the system after a
+        burst of connections (at least 256, shrunk to a quarter)."""
+        return self._core.heap_trims()
+
+    @property
     def active(self) -> int:
         """Requests whose response is not complete (paused ones included)."""
         return self._core.active()
