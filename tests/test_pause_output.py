@@ -808,7 +808,10 @@ def test_rule12_send_timeout_cuts_off_a_client_that_reads_nothing(
     sock.close()
     assert received < size
     assert srv.state(key)["yielded"] < size
-    while srv.fd_count() != before:
+    # At most what it had: the server is shared, and connections an earlier
+    # test left lingering may close meanwhile (waiting for the count to equal
+    # the first reading could then wait forever).
+    while srv.fd_count() > before:
         assert time.monotonic() < deadline, (fds_before, srv.fds())
         time.sleep(0.05)
 
