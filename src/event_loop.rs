@@ -304,7 +304,14 @@ impl Loop {
         // Run Python's signal handlers now (a KeyboardInterrupt propagates).
         py.check_signals()?;
         let now = Instant::now();
-        let mut lost = lock(&self.fds).take_evicted();
+        // Evicted registrations made this wait a poll (`queued`) and are
+        // taken now; one evicted since (by a signal handler just run) makes
+        // the next wait a poll and is taken then. No lock on the usual path.
+        let mut lost = if queued {
+            lock(&self.fds).take_evicted()
+        } else {
+            Vec::new()
+        };
         if !ready.is_empty() {
             *lock(&self.last_sweep) = now;
         } else if sweep_due {

@@ -84,6 +84,14 @@ pub struct Registration {
     ident: Option<(u64, u64)>,
 }
 
+impl Registration {
+    /// A Python registration whose descriptor is closed, or now names a
+    /// different file than when it was added.
+    fn is_gone(&self) -> bool {
+        matches!(self.target, Target::Python(_)) && identity(self.fd) != self.ident
+    }
+}
+
 /// A registration as the dispatcher needs it, taken out of the table so that
 /// no lock is held while Python runs.
 pub struct Snapshot {
@@ -278,10 +286,16 @@ impl FdSet {
     }
 
     fn remove(&mut self, poller: &Poller, idx: usize) -> Registration {
-        let reg = self.slab.remove(idx);
+        let reg = self.unlist(idx);
         // ENOENT/EBADF: the descriptor was already closed, which removed it
         // from epoll; there is nothing left to undo.
         let _ = poller.delete(borrow(reg.fd));
+        reg
+    }
+
+    /// Take a registration out of the table only (not the poller).
+    fn unlist(&mut self, idx: usize) -> Registration {
+        let reg = self.slab.remove(idx);
         if let Some(slot) = self.by_fd.get_mut(reg.fd as usize) {
             if *slot == Some(idx) {
                 *slot = None;
@@ -450,43 +464,25 @@ impl FdSet {
         let lost: Vec<usize> = self
             .slab
             .iter()
-            .filter(|(_, r)| matches!(r.target, Target::Python(_)))
-            .filter(|(_, r)| identity(r.fd) != r.ident)
+            .filter(|(_, r)| r.is_gone())
             .map(|(i, _)| i)
             .collect();
-        lost.into_iter()
-            .map(|idx| {
-                let reg = self.slab.remove(idx);
-                // The poller forgot it when the fd was closed; if the number now
-                // names another file that we never added, it is not ours to touch.
-                if let Some(slot) = self.by_fd.get_mut(reg.fd as usize) {
-                    if *slot == Some(idx) {
-                        *slot = None;
-                    }
-                }
-                reg
-            })
-            .collect()
+        // The poller forgot them when their fds were closed; if a number now
+        // names another file that we never added, it is not ours to touch.
+        lost.into_iter().map(|idx| self.unlist(idx)).collect()
     }
 
     /// If the Python registration at `idx` no longer names the file its
     /// descriptor named when added (closed, and the number reused), take it
     /// out of the table and queue it for disconnection. Returns whether it did.
     fn evict_if_reused(&mut self, poller: &Poller, idx: usize) -> bool {
-        let reg = &self.slab[idx];
-        if !matches!(reg.target, Target::Python(_)) || identity(reg.fd) == reg.ident {
+        if !self.slab[idx].is_gone() {
             return false;
         }
-        let reg = self.slab.remove(idx);
         // Whatever epoll holds under this number now is the new file's, if
-        // anything: drop it, so the new registration starts clean.
-        let _ = poller.delete(borrow(reg.fd));
-        if let Some(slot) = self.by_fd.get_mut(reg.fd as usize) {
-            if *slot == Some(idx) {
-                *slot = None;
-            }
-        }
-        self.optimistic.retain(|&k| split_key(k).0 != idx);
+        // anything: dropped with it, so the new registration starts clean.
+        // (A queued optimistic key for it is stale by its generation.)
+        let reg = self.remove(poller, idx);
         self.evicted.push(reg);
         true
     }
