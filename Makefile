@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi lint fmt clean
+.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi fuzz lint fmt clean
 
 all: build
 
@@ -81,8 +81,14 @@ bench: build ## reactor benchmarks, then benchmarks/latency.py
 bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)
 	$(BIN)/python benchmarks/wsgi_bench.py --setup
 
+# The request parser under cargo-fuzz (nightly; not part of `test`).
+FUZZ_SECONDS ?= 300
+fuzz: ## fuzz the request parser with cargo-fuzz for FUZZ_SECONDS (300)
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
 lint: $(VENV)/.deps ## cargo fmt --check, cargo clippy -D warnings, ruff
 	cargo fmt --check
+	cargo fmt --check --manifest-path fuzz/Cargo.toml
 	cargo clippy --quiet -- -D warnings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -129,6 +129,26 @@ def test_absolute_form_target(server: Server) -> None:
     assert env["QUERY_STRING"]["value"] == "q=1"
 
 
+def test_absolute_form_path_ends_at_query(server: Server) -> None:
+    """In an absolute-form target the path is what follows the authority up
+    to '?': a '/' inside the query is the query's, and a target with no
+    path is '/'. The scheme is case-insensitive (RFC 3986 §3.1)."""
+    # The path is '/', which the test application does not route (404); a
+    # server that took the path from the query's '/' would dump the environ.
+    resp, reader = exchange(server.port, build_request("GET", "http://x?a/environ"))
+    reader.sock.close()
+    assert resp.status == 404
+    resp, reader = exchange(
+        server.port, build_request("GET", "HTTP://x/environ/abs?r=/s")
+    )
+    reader.sock.close()
+    env = resp.json()["environ"]
+    assert (env["PATH_INFO"]["value"], env["QUERY_STRING"]["value"]) == (
+        "/environ/abs",
+        "r=/s",
+    )
+
+
 def test_absolute_form_authority_replaces_host(server: Server) -> None:
     """With an absolute-form target the server uses the target's authority
     and ignores the Host header (RFC 9112 §3.2.2): the application sees the
@@ -703,6 +723,9 @@ def test_unsupported_transfer_coding_refused(limited: Server) -> None:
         ),
         b"GET http://u@x/hello HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET http:///hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        # Found by `make fuzz`: a two-byte character across the scheme's end
+        # once panicked the target parser.
+        b"GET http:/\xd3\x97:80/ HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
     ids=[
         "missing-host",
@@ -715,6 +738,7 @@ def test_unsupported_transfer_coding_refused(limited: Server) -> None:
         "host-port-range",
         "target-userinfo",
         "target-empty-authority",
+        "target-non-ascii-scheme",
     ],
 )
 def test_host_header_rules_400(limited: Server, raw: bytes) -> None:

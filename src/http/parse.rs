@@ -494,17 +494,36 @@ pub fn valid_host(value: &[u8]) -> bool {
     true
 }
 
-/// The authority of an absolute-form target (`http://AUTHORITY/...`), if
-/// the target is one; 400 if that authority is not a valid host.
+/// An absolute-form target (`http://AUTHORITY/...`, scheme in any case)
+/// split into its authority and the rest (path, query and fragment, from
+/// the first `/`, `?` or `#` after the authority); `None` for other forms.
+fn absolute_parts(target: &str) -> Option<(&str, &str)> {
+    // Compared as bytes: the target may hold non-ASCII characters, and a
+    // str slice inside one would panic.
+    let starts = |scheme: &[u8]| {
+        target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+    };
+    let scheme_len = if starts(b"http://") {
+        7
+    } else if starts(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let after = &target[scheme_len..];
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    Some((&after[..end], &after[end..]))
+}
+
+/// The authority of an absolute-form target, if the target is one; 400 if
+/// that authority is not a valid host.
 fn absolute_authority(target: &str) -> Result<Option<&str>, Reject> {
-    let Some(after) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    else {
+    let Some((authority, _)) = absolute_parts(target) else {
         return Ok(None);
     };
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let authority = &after[..end];
     if authority.is_empty() || !valid_host(authority.as_bytes()) {
         return Err(Reject::BadRequest(
             "invalid authority in the request target",
@@ -723,25 +742,18 @@ pub fn split_target(target: &str) -> Result<(&str, &str), Reject> {
         target
     } else if target == "*" {
         return Ok(("*", ""));
-    } else if let Some(after) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        match after.find('/') {
-            Some(i) => &after[i..],
-            None => match after.find('?') {
-                Some(i) => &after[i..],
-                None => "/",
-            },
-        }
+    } else if let Some((_, rest)) = absolute_parts(target) {
+        rest
     } else {
         return Err(Reject::BadRequest("invalid request target"));
     };
     let rest = rest.split('#').next().unwrap_or("");
-    Ok(match rest.find('?') {
+    let (path, query) = match rest.find('?') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (if rest.is_empty() { "/" } else { rest }, ""),
-    })
+        None => (rest, ""),
+    };
+    // An absolute-form target with no path has the path '/' (RFC 9112 §3.2.2).
+    Ok((if path.is_empty() { "/" } else { path }, query))
 }
 
 #[cfg(test)]
@@ -1062,6 +1074,16 @@ mod tests {
         assert_eq!(split_target("/a/b?c=d").unwrap(), ("/a/b", "c=d"));
         assert_eq!(split_target("http://h:1/x?y").unwrap(), ("/x", "y"));
         assert_eq!(split_target("http://h").unwrap(), ("/", ""));
+        // The path starts after the authority: a '/' in the query or the
+        // fragment is not the path's.
+        assert_eq!(split_target("http://h?a/b").unwrap(), ("/", "a/b"));
+        assert_eq!(split_target("http://h#x/y").unwrap(), ("/", ""));
+        assert_eq!(split_target("HTTP://h/p?q").unwrap(), ("/p", "q"));
+        assert_eq!(split_target("https://h:8/p#f?g").unwrap(), ("/p", ""));
+        // Found by the fuzzer: a multi-byte character across the scheme's
+        // length (a str slice there panicked).
+        assert!(split_target("http:/\u{4d7}:80/").is_err());
+        assert_eq!(split_target("/\u{4d7}").unwrap(), ("/\u{4d7}", ""));
         assert!(split_target("x").is_err());
         assert_eq!(percent_decode(b"/a%20b%zz%4"), b"/a b%zz%4");
     }
