@@ -19,6 +19,7 @@ pub struct Api {
     pub no_filedesc: Py<PyAny>,
     pub log_failure: Py<PyAny>,
     pub log_err: Py<PyAny>,
+    pub log_error: Py<PyAny>,
     pub context_tracker: Py<PyAny>,
     pub ilogcontext: Py<PyAny>,
     /// `twisted.internet.base.DelayedCall`, whose `debug` flag ours honour.
@@ -47,6 +48,7 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
             no_filedesc: posixbase.getattr("_NO_FILEDESC")?.unbind(),
             log_failure: hooks.getattr("log_failure")?.unbind(),
             log_err: hooks.getattr("log_err")?.unbind(),
+            log_error: hooks.getattr("log_error")?.unbind(),
             context_tracker: context.getattr("theContextTracker")?.unbind(),
             ilogcontext: log.getattr("ILogContext")?.unbind(),
             delayed_call_class: base.getattr("DelayedCall")?.unbind(),
@@ -65,6 +67,15 @@ pub fn log_failure(py: Python<'_>, why: &str, err: PyErr) {
             .call1(py, (why, err.value(py), err.traceback(py)))
             .map(|_| ())
     });
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Log one line at error level (no exception, no traceback), in the
+/// `twisted_shim.http` namespace. Never fails (as [`log_failure`]).
+pub fn log_error(py: Python<'_>, message: &str) {
+    let logged = api(py).and_then(|api| api.log_error.call1(py, (message,)).map(|_| ()));
     if let Err(e) = logged {
         e.write_unraisable(py, None);
     }

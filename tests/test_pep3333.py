@@ -189,11 +189,15 @@ BODY = b"line one\nline two\n\nthree"
     ],
 )
 @pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("where", ["memory", "spooled"])
 def test_wsgi_input_methods(
-    server: Server, mode: str, pieces: list[bytes], framing: str
+    wsgi_server: StartServer, mode: str, pieces: list[bytes], framing: str, where: str
 ) -> None:
     """read(), read(n), readline(), readline(n), readlines() and iteration
-    give the body (de-chunked when it was chunked), then b"" at the end."""
+    give the body (de-chunked when it was chunked), then b"" at the end;
+    the same whether the body stayed in memory or was spooled to a file
+    (a C{--body-buffer} shorter than it)."""
+    server = wsgi_server() if where == "memory" else wsgi_server(body_buffer=8)
     if framing == "length":
         raw = build_request("POST", f"/input?mode={mode}", body=BODY)
     else:

@@ -245,6 +245,31 @@ def environ_dump(environ: Environ, start_response: StartResponse) -> Iterable[by
     return respond_json(start_response, {"environ": out, "extra": extra})
 
 
+@route("/digest", validate=False)
+def digest(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """
+    The request body's length and SHA-256, read in 64 KiB pieces, and the
+    type of C{wsgi.input} (not validated: the validator would wrap it), so a
+    test sees whether the body was spooled (a buffered file reader) or kept
+    in memory (C{BytesIO}).
+    """
+    stream = environ["wsgi.input"]
+    h = hashlib.sha256()
+    n = 0
+    while data := stream.read(65536):
+        h.update(data)
+        n += len(data)
+    return respond_json(
+        start_response,
+        {
+            "length": n,
+            "sha256": h.hexdigest(),
+            "input": type(stream).__name__,
+            "content_length": environ.get("CONTENT_LENGTH"),
+        },
+    )
+
+
 @route("/input", validate=False)
 def input_modes(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """

@@ -29,6 +29,17 @@ def log_failure(why: str, exc: BaseException, tb: TracebackType | None) -> None:
     _log.failure(why, _failure(exc, tb))
 
 
+_http_log = Logger(namespace="twisted_shim.http")
+
+
+def log_error(message: str) -> None:
+    """
+    Log one line at error level for the HTTP server (a condition, not an
+    exception: no traceback), e.g. a request body that could not be spooled.
+    """
+    _http_log.error("{message}", message=message)
+
+
 def log_err(
     exc: BaseException, tb: TracebackType | None, system: str | None = None
 ) -> None:

@@ -42,6 +42,7 @@ use pyo3::types::PyBytes;
 
 use crate::event_loop::Loop;
 use crate::fdset::{NativeHandler, Readiness, Token};
+use crate::http::body::{BodySink, RequestBody, SpoolError};
 use crate::http::parse::{parse_head, BodyKind, ChunkedDecoder, Head, Reject};
 use crate::http::server::Server;
 use crate::http::service::{ConnInfo, Exchange, Responder, Truncated};
@@ -49,7 +50,7 @@ use crate::http::{http_date, log_date};
 use crate::net::socket::{self, read_into};
 use crate::net::write::WriteQueue;
 use crate::time::lock;
-use crate::twisted::log_failure;
+use crate::twisted::{log_error, log_failure};
 
 /// Input kept while a response is in progress (pipelined requests).
 const BUSY_READ_CAP: usize = 256 * 1024;
@@ -70,7 +71,8 @@ pub enum Phase {
     Head,
     Body {
         head: Head,
-        body: Vec<u8>,
+        /// Boxed: a sink is large, and most requests have no body.
+        body: Box<BodySink>,
         chunked: Option<ChunkedDecoder>,
         remaining: u64,
     },
@@ -179,8 +181,9 @@ pub struct Conn {
 
 enum Action {
     Wait,
-    Dispatch(Head, Vec<u8>),
+    Dispatch(Head, RequestBody),
     Reject(Reject),
+    SpoolFailed(SpoolError),
     Close,
     ClientGone,
 }
@@ -313,7 +316,7 @@ impl Conn {
                         BodyKind::Length(n) if n > server.cfg.max_body as u64 => {
                             return Action::Reject(Reject::BodyTooLarge)
                         }
-                        BodyKind::None => return Action::Dispatch(head, Vec::new()),
+                        BodyKind::None => return Action::Dispatch(head, RequestBody::empty()),
                         BodyKind::Length(n) => n,
                         BodyKind::Chunked => 0,
                     };
@@ -322,10 +325,9 @@ impl Conn {
                     }
                     let chunked =
                         matches!(head.body, BodyKind::Chunked).then(ChunkedDecoder::default);
-                    let capacity = (remaining as usize).min(server.cfg.max_body).min(1 << 20);
                     state.phase = Phase::Body {
                         head,
-                        body: Vec::with_capacity(capacity),
+                        body: Box::new(BodySink::new(&server.cfg.spool, remaining)),
                         chunked,
                         remaining,
                     };
@@ -341,18 +343,27 @@ impl Conn {
                 } => {
                     let done = match chunked {
                         Some(dec) => {
-                            match dec.decode(&state.rbuf, body, server.cfg.max_body as u64) {
+                            let before = body.scratch().len();
+                            let decoded =
+                                dec.decode(&state.rbuf, body.scratch(), server.cfg.max_body as u64);
+                            let appended = body.scratch().len() - before;
+                            match decoded {
                                 Err(r) => return Action::Reject(r),
                                 Ok(used) => {
                                     state.rbuf.drain(..used);
                                     state.body_received += used as u64;
                                 }
                             }
+                            if let Err(e) = body.settle(appended) {
+                                return Action::SpoolFailed(e);
+                            }
                             dec.is_done()
                         }
                         None => {
                             let take = (*remaining).min(state.rbuf.len() as u64) as usize;
-                            body.extend_from_slice(&state.rbuf[..take]);
+                            if let Err(e) = body.write(&state.rbuf[..take]) {
+                                return Action::SpoolFailed(e);
+                            }
                             state.rbuf.drain(..take);
                             state.body_received += take as u64;
                             *remaining -= take as u64;
@@ -368,7 +379,10 @@ impl Conn {
                     }
                     let phase = std::mem::replace(&mut state.phase, Phase::Busy);
                     if let Phase::Body { head, body, .. } = phase {
-                        return Action::Dispatch(head, body);
+                        return match body.finish() {
+                            Ok(body) => Action::Dispatch(head, body),
+                            Err(e) => Action::SpoolFailed(e),
+                        };
                     }
                     return Action::Wait;
                 }
@@ -393,6 +407,11 @@ impl Conn {
                     self.reject(&r);
                     return;
                 }
+                Action::SpoolFailed(e) => {
+                    log_error(py, &format!("request refused: {e}"));
+                    self.refuse(e.status(), "the request body could not be stored");
+                    return;
+                }
                 Action::Close => {
                     self.close(py, false);
                     return;
@@ -406,7 +425,7 @@ impl Conn {
     }
 
     /// Hand a request that arrived whole to the service.
-    fn dispatch(self: &Arc<Self>, py: Python<'_>, server: &Server, head: Head, body: Vec<u8>) {
+    fn dispatch(self: &Arc<Self>, py: Python<'_>, server: &Server, head: Head, body: RequestBody) {
         {
             let mut state = lock(&self.state);
             state.phase = Phase::Busy;
@@ -430,14 +449,20 @@ impl Conn {
 
     /// Answer a bad request with its status and close.
     fn reject(&self, r: &Reject) {
-        let body = format!("{r}\n");
+        self.refuse(r.status(), &r.to_string());
+    }
+
+    /// Answer the request arriving with `status` and a one-line page, then
+    /// close (its input is not read further).
+    fn refuse(&self, status: &str, why: &str) {
+        let body = format!("{why}\n");
         let mut state = lock(&self.state);
         if state.closed {
             return;
         }
         let head = format!(
             "HTTP/1.1 {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            r.status(),
+            status,
             body.len()
         );
         state.out.push_owned(head.as_bytes());

@@ -9,6 +9,8 @@
 //!
 //! - [`parse`]: request heads (`httparse` plus the strictness a server needs)
 //!   and chunked bodies;
+//! - [`body`]: request bodies in bounded memory (spooled to an unnamed
+//!   file past `body_buffer`);
 //! - [`service`]: the boundary: `Service`, `Exchange`, `Responder`, `ConnInfo`;
 //! - [`conn`]: one connection: reading, framing requests and responses,
 //!   timeouts, keep-alive and pipelining, closing;
@@ -19,6 +21,7 @@
 //! Connections are native handlers of the loop ([`crate::fdset::NativeHandler`]):
 //! no Python transport or protocol object is involved.
 
+pub mod body;
 pub mod conn;
 pub mod forwarded;
 pub mod parse;

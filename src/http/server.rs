@@ -19,6 +19,7 @@ use slab::Slab;
 
 use crate::event_loop::Loop;
 use crate::fdset::{NativeHandler, Readiness, Token};
+use crate::http::body::SpoolConfig;
 use crate::http::conn::Conn;
 use crate::http::forwarded::TrustedProxies;
 use crate::http::service::{ConnInfo, Service};
@@ -55,6 +56,8 @@ pub struct Config {
     pub max_header: usize,
     /// Largest request body, in bytes, de-chunked (larger: 413).
     pub max_body: usize,
+    /// Where bodies longer than their in-memory buffer are spooled.
+    pub spool: SpoolConfig,
     /// How long a request head may take to arrive, from its first byte (on
     /// a new connection, from the connection): longer is 408.
     pub header_timeout: Duration,

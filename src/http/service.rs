@@ -30,6 +30,7 @@ use std::sync::{Arc, Weak};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::http::body::RequestBody;
 use crate::http::conn::Conn;
 use crate::http::parse::Head;
 use crate::net::socket::Peer;
@@ -63,7 +64,9 @@ pub trait Service: Send + Sync {
 /// One request's life on the service side.
 pub trait Exchange: Send + Sync {
     /// Serve the request: answer through the responder, now or later.
-    fn start(&self, py: Python<'_>, head: Head, body: Vec<u8>);
+    /// The body is complete: in memory, or spooled to a file
+    /// ([`crate::http::body`]).
+    fn start(&self, py: Python<'_>, head: Head, body: RequestBody);
     /// The output the service queued drained below the high-water mark
     /// after it called [`Responder::wait_for_drain`]: produce more.
     fn drained(&self, py: Python<'_>);

@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::event_loop::Loop;
+use crate::http::body::{RequestBody, SpoolConfig};
 use crate::http::forwarded::TrustedProxies;
 use crate::http::parse::Head;
 use crate::http::server::{Config, Server};
@@ -110,15 +111,25 @@ impl FakeExchange {
 }
 
 impl Exchange for FakeExchange {
-    fn start(&self, py: Python<'_>, head: Head, body: Vec<u8>) {
+    fn start(&self, py: Python<'_>, head: Head, body: RequestBody) {
         let r = &self.responder;
         match self.plan {
             Plan::Echo => {
+                let (bytes, spooled) = match body {
+                    RequestBody::Memory(v) => (v, ""),
+                    RequestBody::File { mut file, len } => {
+                        let mut v = Vec::new();
+                        file.read_to_end(&mut v).unwrap();
+                        assert_eq!(v.len() as u64, len);
+                        (v, " [spooled]")
+                    }
+                };
                 let text = format!(
-                    "{} {} {}",
+                    "{} {} {}{}",
                     head.method,
                     head.target,
-                    String::from_utf8_lossy(&body)
+                    String::from_utf8_lossy(&bytes),
+                    spooled
                 );
                 let len = text.len() as u64;
                 r.start(
@@ -190,12 +201,19 @@ struct Harness {
     events: Arc<Mutex<Events>>,
 }
 
+/// Bodies longer than this are spooled to a file in these tests.
+const SPOOL_BUFFER: usize = 8;
+
 fn harness(py: Python<'_>, plan: Plan, high_water: usize) -> Harness {
     let lp = Py::new(py, Loop::for_tests()).unwrap();
     let events = Arc::new(Mutex::new(Events::default()));
     let cfg = Config {
         max_header: 8192,
         max_body: 1 << 20,
+        spool: SpoolConfig {
+            buffer: SPOOL_BUFFER,
+            dir: std::env::temp_dir(),
+        },
         header_timeout: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(10),
@@ -302,6 +320,38 @@ fn pipelined_requests_are_answered_in_order() {
             "the second request reached the service after the first"
         );
         assert_eq!(h.server.connections(), 1, "kept alive");
+    });
+}
+
+#[test]
+fn bodies_past_the_buffer_reach_the_service_as_files() {
+    with_python(|py| {
+        let h = harness(py, Plan::Echo, 1 << 20);
+        let mut c = h.client();
+        // Pipelined: a long body with a length, one chunked in pieces that
+        // cross the buffer's size, a short one; then a request without one.
+        c.write_all(
+            b"POST /long HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n01234567890123456789\
+              POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nabcde\r\n7\r\nfghijkl\r\n3\r\nmno\r\n0\r\n\r\n\
+              POST /short HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz\
+              GET /end HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        h.until(py, &mut c, &mut got, |g, _| g.ends_with(b"GET /end "));
+        let text = String::from_utf8_lossy(&got);
+        let order = [
+            "POST /long 01234567890123456789 [spooled]",
+            "POST /chunked abcdefghijklmno [spooled]",
+            "POST /short xyzHTTP/1.1",
+            "GET /end ",
+        ]
+        .map(|s| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s:?} not in {text}"))
+        });
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     });
 }
 

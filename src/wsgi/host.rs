@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 
 use crate::event_loop::Loop;
 use crate::http;
+use crate::http::body::{RequestBody, SpoolConfig};
 use crate::http::forwarded::TrustedProxies;
 use crate::http::parse::Head;
 use crate::http::service::{ConnInfo, Exchange, Responder, Service};
@@ -93,7 +94,7 @@ struct WsgiExchange {
 }
 
 impl Exchange for WsgiExchange {
-    fn start(&self, py: Python<'_>, head: Head, body: Vec<u8>) {
+    fn start(&self, py: Python<'_>, head: Head, body: RequestBody) {
         respond::dispatch(py, self.request.bind(py), &head, body);
     }
 
@@ -125,8 +126,9 @@ fn duration(secs: f64, what: &str) -> PyResult<Duration> {
 impl WsgiHost {
     #[new]
     #[pyo3(signature = (
-        loop_, app, reactor, *, max_header, max_body, header_timeout, keepalive_timeout,
-        send_timeout, body_timeout=30.0, min_body_rate=1024,
+        loop_, app, reactor, *, max_header, max_body, body_buffer, body_dir, header_timeout,
+        keepalive_timeout,
+        send_timeout, body_timeout, min_body_rate,
         max_pause, high_water, access_log, url_scheme, multithread, pause_keys, errors, waiter,
         multiprocess=false, forwarded_allow_ips=Vec::new()
     ))]
@@ -138,6 +140,8 @@ impl WsgiHost {
         reactor: Py<PyAny>,
         max_header: usize,
         max_body: usize,
+        body_buffer: usize,
+        body_dir: std::path::PathBuf,
         header_timeout: f64,
         keepalive_timeout: f64,
         send_timeout: f64,
@@ -174,6 +178,10 @@ impl WsgiHost {
         let http_cfg = http::server::Config {
             max_header,
             max_body,
+            spool: SpoolConfig {
+                buffer: body_buffer,
+                dir: body_dir,
+            },
             header_timeout: duration(header_timeout, "header_timeout")?,
             keepalive_timeout: duration(keepalive_timeout, "keepalive_timeout")?,
             send_timeout: duration(send_timeout, "send_timeout")?,

@@ -23,12 +23,16 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
+use crate::http::body::RequestBody;
 use crate::http::forwarded;
 use crate::http::parse::{percent_decode, split_target, Head, Reject};
 use crate::wsgi::host::WsgiShared;
 use crate::wsgi::request::Request;
 
 static BYTES_IO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static IO_OPEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// The read buffer of `wsgi.input` over a spooled body.
+const INPUT_BUFFER: usize = 64 * 1024;
 
 /// Bytes as a latin-1 `str` (PEP 3333's "native strings").
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
@@ -64,7 +68,7 @@ pub fn build_environ<'py>(
     py: Python<'py>,
     shared: &WsgiShared,
     head: &Head,
-    body: Vec<u8>,
+    body: RequestBody,
     req: &Bound<'py, Request>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let conn = crate::wsgi::request::state(req)?.info.clone();
@@ -185,13 +189,7 @@ pub fn build_environ<'py>(
 
     env.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
     env.set_item(intern!(py, "wsgi.url_scheme"), PyString::new(py, scheme))?;
-    let bytes_io = BYTES_IO.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("io")?.getattr("BytesIO")?.unbind())
-    })?;
-    env.set_item(
-        intern!(py, "wsgi.input"),
-        bytes_io.bind(py).call1((PyBytes::new(py, &body),))?,
-    )?;
+    env.set_item(intern!(py, "wsgi.input"), input_stream(py, body)?)?;
     env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
     env.set_item(intern!(py, "wsgi.errors"), shared.errors.bind(py))?;
     env.set_item(intern!(py, "wsgi.multithread"), shared.cfg.multithread)?;
@@ -220,6 +218,34 @@ pub fn build_environ<'py>(
     }
     env.set_item(intern!(py, "twisted_shim.reactor"), shared.reactor.bind(py))?;
     Ok(env)
+}
+
+/// `wsgi.input` for a complete body: an `io.BytesIO` over the bytes, or, for
+/// a body spooled to a file, a buffered reader of that file (it owns the
+/// descriptor: the file, which has no name, is gone when the stream is
+/// closed or collected).
+fn input_stream(py: Python<'_>, body: RequestBody) -> PyResult<Bound<'_, PyAny>> {
+    match body {
+        RequestBody::Memory(bytes) => {
+            let bytes_io = BYTES_IO.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+                Ok(py.import("io")?.getattr("BytesIO")?.unbind())
+            })?;
+            bytes_io.bind(py).call1((PyBytes::new(py, &bytes),))
+        }
+        RequestBody::File { file, .. } => {
+            let open = IO_OPEN.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+                Ok(py.import("io")?.getattr("open")?.unbind())
+            })?;
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+            let stream = open.bind(py).call1((fd, intern!(py, "rb"), INPUT_BUFFER));
+            if stream.is_err() {
+                // SAFETY: `fd` came from `into_raw_fd` above and io.open did
+                // not take it; it is closed exactly once, here.
+                unsafe { libc::close(fd) };
+            }
+            stream
+        }
+    }
 }
 
 /// `wsgi.file_wrapper`: iterates a file-like object in blocks; the host

@@ -29,6 +29,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator};
 
+use crate::http::body::RequestBody;
 use crate::http::parse::Head;
 use crate::twisted::log_failure;
 use crate::wsgi::request::{state, state_mut, Continuation, Reply, Request, Stage};
@@ -38,13 +39,18 @@ use crate::wsgi::{build_environ, FileWrapper};
 const PULL_BUDGET: usize = 64;
 
 /// Call the application for a request whose body has been read.
-pub fn dispatch(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>) {
+pub fn dispatch(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: RequestBody) {
     if let Err(e) = call_app(py, req, head, body) {
         app_error(py, req, e);
     }
 }
 
-fn call_app(py: Python<'_>, req: &Bound<'_, Request>, head: &Head, body: Vec<u8>) -> PyResult<()> {
+fn call_app(
+    py: Python<'_>,
+    req: &Bound<'_, Request>,
+    head: &Head,
+    body: RequestBody,
+) -> PyResult<()> {
     let Some(shared) = state(req)?.shared.upgrade() else {
         return Ok(());
     };

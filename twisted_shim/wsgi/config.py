@@ -29,6 +29,7 @@ L{twisted_shim.wsgi.addresses}.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,36 @@ positive_int = _number(int, 1, "a positive integer")
 non_negative_int = _number(int, 0, "a non-negative integer")
 positive_seconds = _number(float, 0.001, "a positive number of seconds")
 non_negative_seconds = _number(float, 0, "a non-negative number of seconds")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """
+    A non-negative number of bytes, with an optional binary unit suffix:
+    C{1048576}, C{64K}, C{16M}, C{8G} (K, M, G, T; any case; an optional
+    trailing B or iB).
+    """
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = int(number)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a size in bytes (e.g. 1048576, 64K, 1G)"
+        ) from None
+    if value < 0:
+        raise ValueError(f"{text!r} is not a size in bytes (e.g. 1048576, 64K, 1G)")
+    return value * _SIZE_UNITS[unit]
+
+
+def directory(text: str) -> str:
+    """An existing directory."""
+    if not os.path.isdir(text):
+        raise ValueError(f"{text!r} is not a directory")
+    return text
 
 
 def _seconds_or_no_cap(text: str) -> float | None:
@@ -154,6 +185,13 @@ class ServerConfig:
         head is answered 431.
     @ivar max_body: Largest request body, in bytes (de-chunked); a larger one
         is answered 413 (at once when C{Content-Length} says so).
+    @ivar body_buffer: Bytes of a request body kept in memory; a longer body
+        is spooled, as it arrives, to a temporary file that has no name (so
+        nothing is left on disk), and C{wsgi.input} reads from the file
+        (nginx's C{client_body_buffer_size}). A body that cannot be stored is
+        answered 503 (disk full) or 500, and logged.
+    @ivar body_dir: The directory of those files (C{None}: Python's
+        C{tempfile.gettempdir()}, i.e. C{$TMPDIR} or C{/tmp}).
     @ivar header_timeout: Seconds a client may take to send a request head,
         counted from its first byte (for a new connection, from the
         connection); then 408 and close.
@@ -194,11 +232,29 @@ class ServerConfig:
         parse=positive_int,
     )
     max_body: int = setting(
-        16 * 1024 * 1024,
+        1 << 30,
         "--max-body",
-        "largest request body, in bytes; larger: 413",
+        "largest request body (de-chunked), e.g. 8G; larger: 413",
         metavar="BYTES",
-        parse=non_negative_int,
+        parse=byte_size,
+        shown_default="1G",
+    )
+    body_buffer: int = setting(
+        1 << 20,
+        "--body-buffer",
+        "bytes of a request body kept in memory; the rest is spooled to an "
+        "unnamed temporary file in --body-dir",
+        metavar="BYTES",
+        parse=byte_size,
+        shown_default="1M",
+    )
+    body_dir: str | None = setting(
+        None,
+        "--body-dir",
+        "directory of the temporary files of request bodies",
+        metavar="DIR",
+        parse=directory,
+        shown_default="$TMPDIR or /tmp",
     )
     header_timeout: float = setting(
         10.0,

@@ -2,8 +2,9 @@
 L{WSGIServer}: one WSGI application served over HTTP/1.1 by the Rust host
 (C{twisted_shim._core.WsgiHost}) on the reactor's own loop.
 
-The host accepts, parses (httparse), reads whole request bodies, calls the
-application on the reactor thread, streams its output with backpressure, and
+The host accepts, parses (httparse), reads whole request bodies (spooling
+long ones to an unnamed temporary file), calls the application on the
+reactor thread, streams its output with backpressure, and
 implements the pause_output extension. This module configures it, feeds it
 listening sockets, drives its timeouts and shuts it down gracefully. Its
 limits are a L{ServerConfig} (L{twisted_shim.wsgi.config}, where every
@@ -13,7 +14,9 @@ same name.
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,12 +63,17 @@ class WSGIServer:
         self._reactor = reactor
         self._sockets: list[socket.socket] = []
         c = self.config
+        body_dir = c.body_dir if c.body_dir is not None else tempfile.gettempdir()
+        if not os.path.isdir(body_dir):
+            raise ValueError(f"the body directory {body_dir!r} is not a directory")
         self._core = _core.WsgiHost(
             loop,
             app,
             reactor,
             max_header=c.max_header,
             max_body=c.max_body,
+            body_buffer=c.body_buffer,
+            body_dir=body_dir,
             header_timeout=c.header_timeout,
             body_timeout=c.body_timeout,
             min_body_rate=c.min_body_rate,
