@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi fuzz lint fmt clean
+.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi bench-long fuzz lint fmt clean
 
 all: build
 
@@ -80,6 +80,13 @@ bench: build ## reactor benchmarks, then benchmarks/latency.py
 # WSGI servers side by side (installs the peers into .venv-bench).
 bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)
 	$(BIN)/python benchmarks/wsgi_bench.py --setup
+
+# What pause_output and body spooling are for, apart from bench-wsgi (either
+# can run alone): 5,000 connections with raised descriptor limits and 5 GiB
+# of uploads, about 8 minutes.
+bench-long: build ## long waits (5,000 connections, 1 s upstream) and 20 x 256 MiB uploads
+	$(BIN)/python benchmarks/long_wait.py
+	$(BIN)/python benchmarks/upload.py
 
 # The request parser under cargo-fuzz (nightly; not part of `test`).
 FUZZ_SECONDS ?= 300

@@ -32,6 +32,10 @@ C{upstream_treq}
     C{upstream}'s. treq adds cookies, redirects, content decoding and
     URL handling to every request, which costs about as much CPU as the
     C{Agent} request under it.
+C{count}
+    Reads C{wsgi.input} in 64 KiB reads to its end and answers the number of
+    bytes read, in decimal (C{upload.py} POSTs bodies of hundreds of MiB: the
+    app never holds more than one read).
 C{sleep}
     The same 50 ms wait without an upstream: C{twisted_shim.wait} on a
     C{deferLater(reactor, 0.05, ...)} on twisted-shim, C{time.sleep(0.05)}
@@ -57,6 +61,8 @@ ECHO_MAX = 1024 * 1024
 UPSTREAM_DELAY = 0.05
 UPSTREAM_ENV = "WSGI_BENCH_UPSTREAM"
 UPSTREAM_TIMEOUT = 30.0
+MAX_PERSISTENT = 20_000  # upstream connections kept by the paused path's pool
+READ_SIZE = 64 * 1024
 
 assert len(HELLO) == 13 and len(BIG) == 64 * 1024
 
@@ -143,7 +149,8 @@ def _client(
 ) -> tuple[Callable[[str], Any], Callable[[Any], Any]]:
     """
     One HTTP client per reactor and kind, on a persistent pool that keeps
-    every connection the 500 concurrent requests opened (Twisted's default
+    every connection the concurrent requests opened (500 in C{wsgi_bench.py},
+    5,000 in C{long_wait.py}; Twisted's default
     keeps 2 per host, treq's global pool too, so the others would be
     reopened for each request): a bare C{Agent}, or a
     C{treq.client.HTTPClient} over one. Returned with the function that
@@ -156,7 +163,7 @@ def _client(
         from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
         pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 2048
+        pool.maxPersistentPerHost = MAX_PERSISTENT
         agent = Agent(reactor, pool=pool)
         if treq:
             from treq import content
@@ -212,6 +219,14 @@ def upstream_treq(environ: Environ, start_response: StartResponse) -> Iterable[b
     return _upstream(environ, start_response, treq=True)
 
 
+def count(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    stream = environ["wsgi.input"]
+    total = 0
+    while chunk := stream.read(READ_SIZE):
+        total += len(chunk)
+    return _ok(start_response, str(total).encode())
+
+
 def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if "twisted_shim.wait" in environ:
         from twisted.internet.task import deferLater
@@ -225,4 +240,4 @@ def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return _ok(start_response, b"slept: ok")
 
 
-APPS = ("hello", "big", "echo", "upstream", "upstream_treq", "sleep")
+APPS = ("hello", "big", "echo", "upstream", "upstream_treq", "count", "sleep")

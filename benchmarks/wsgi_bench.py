@@ -75,7 +75,7 @@ Applications (C{benchmarks/wsgi_apps.py}, one module for every server)
     back. 100 connections.
 ``upstream``
     GET; the application makes one HTTP GET to a local upstream server that
-    answers after 50 ms (an asyncio server of this file on uvloop, started
+    answers after 50 ms (C{upstream_server.py}, asyncio on uvloop, started
     once per run from C{.venv-bench}, keep-alive). On twisted-shim the
     request pauses with C{environ["twisted_shim.wait"]} on a GET made with
     Twisted's C{Agent} on a persistent pool; on the other servers the thread
@@ -150,7 +150,6 @@ JSON file are kept.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import http.client
 import json
@@ -158,8 +157,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -170,6 +167,16 @@ from pathlib import Path
 from typing import Any
 
 from _machine import core_build, cpu_model
+from _procs import (
+    LIVE,
+    install_signal_handlers,
+    session_cpu_s,
+    start,
+    stop,
+    stop_all,
+    tail,
+    wait_port,
+)
 from _report import (
     markdown_table,
     plain_table,
@@ -198,7 +205,6 @@ HOST = "127.0.0.1"
 WRK_TIMEOUT_S = 5.0
 ERROR_LIMIT = 0.01
 READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
 DRAIN_TIMEOUT_S = 40.0
 OTHER_CPU_LIMIT = 0.10
 QUIET_TIMEOUT_S = 30.0
@@ -213,110 +219,20 @@ Cmd = list[str]
 
 
 # --------------------------------------------------------------------------
-# Process control: every process the harness starts is the leader of a new
-# session; stopping it kills the whole session.
+# Process control (_procs.py): every process the harness starts is the
+# leader of a new session; stopping it kills the whole session.
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _session_members(sid: int) -> list[int]:
-    """Pids of the processes whose session id is C{sid}."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...; comm may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid:
-            out.append(int(entry))
-    return out
+_LIVE = LIVE
+_session_cpu_s = session_cpu_s
+_start = start
+_stop = stop
+_stop_all = stop_all
+_tail = tail
 
 
-def _session_cpu_s(sid: int) -> float:
-    """User + system CPU seconds of the live processes of session C{sid}."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in _session_members(sid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
-def _start(
-    cmd: Cmd,
-    log: Path | None,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start C{cmd} in a new session, its stdout and stderr into C{log}."""
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    finally:
-        if log:
-            out.close()
-    _LIVE[proc.pid] = proc
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> str | None:
-    """
-    Stop C{proc}'s session: SIGTERM, then SIGKILL after C{grace} seconds,
-    then SIGKILL whatever is left in the session. Returns a note if it had
-    to kill.
-    """
-    sid = proc.pid
-    note = None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            note = f"did not exit {grace:.0f} s after SIGTERM; killed"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(sid, signal.SIGKILL)
-            proc.wait()
-    deadline = time.monotonic() + grace
-    while True:
-        left = _session_members(sid)
-        if not left:
-            break
-        if time.monotonic() > deadline:
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            note = (note or "") + f" {len(left)} process(es) left in session; killed"
-            time.sleep(0.1)
-            if not _session_members(sid):
-                break
-        time.sleep(0.05)
-    _LIVE.pop(proc.pid, None)
-    return note
-
-
-def _stop_all() -> None:
-    for proc in list(_LIVE.values()):
-        _stop(proc, grace=2.0)
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    """Wait until C{port} accepts; an error message if it never does."""
+    return wait_port(HOST, port, proc, timeout)
 
 
 def _busy_cpu_s() -> float:
@@ -347,20 +263,6 @@ def _wait_quiet(timeout: float) -> tuple[float, float]:
         waited = time.monotonic() - start
         if load <= OTHER_CPU_LIMIT or waited >= timeout:
             return waited, load
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
-    """Wait until C{port} accepts; an error message if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited with status {proc.returncode} before listening"
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex((HOST, port)) == 0:
-                return None
-        time.sleep(0.05)
-    return f"not listening on {HOST}:{port} after {timeout:.0f} s"
 
 
 # /proc/net/tcp states that still hold a request or a connection the server
@@ -397,14 +299,6 @@ def _wait_drained(port: int, timeout: float) -> tuple[float, int]:
         if left == 0 or waited >= timeout:
             return waited, left
         time.sleep(0.05)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 # --------------------------------------------------------------------------
@@ -1016,59 +910,7 @@ def run_pair(plan: Plan, server: Server, app: App) -> PairResult:
 
 
 # --------------------------------------------------------------------------
-# The upstream server (runs in .venv-bench, on uvloop when it can)
-
-
-def upstream_server(port: int, delay: float) -> int:
-    import asyncio
-
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    response = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
-    )
-    closing = response.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
-
-    class Upstream(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.buf = b""
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            while True:
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head, self.buf = self.buf[:end].lower(), self.buf[end + 4 :]
-                close = b"connection: close" in head or head.endswith(b"http/1.0")
-                loop.call_later(delay, self.answer, close)
-
-        def answer(self, close: bool) -> None:
-            if self.transport.is_closing():
-                return
-            self.transport.write(closing if close else response)
-            if close:
-                self.transport.close()
-
-    server = loop.run_until_complete(
-        loop.create_server(Upstream, HOST, port, backlog=4096, reuse_address=True)
-    )
-    signal.signal(signal.SIGTERM, lambda *a: loop.stop())
-    print(f"upstream listening on http://{HOST}:{port}/", flush=True)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-    return 0
+# The upstream server (upstream_server.py, in .venv-bench: on uvloop)
 
 
 def start_upstream(plan: Plan) -> str | None:
@@ -1079,9 +921,8 @@ def start_upstream(plan: Plan) -> str | None:
         "-c",
         str(plan.client_cpu),
         str(_bench_python()),
-        str(Path(__file__).resolve()),
-        "--upstream-server",
-        str(port),
+        str(HERE / "upstream_server.py"),
+        *f"--host {HOST} --port {port} --delay {UPSTREAM_DELAY_S}".split(),
     ]
     proc = _start(cmd, log)
     problem = _wait_port(port, proc, 30.0)
@@ -1566,16 +1407,9 @@ def main(argv: list[str] | None = None) -> int:
         "place) as server twisted-shim@base, for before/after comparisons",
     )
     parser.add_argument("--json", help="JSON output path")
-    parser.add_argument(
-        "--upstream-server", type=int, metavar="PORT", help=argparse.SUPPRESS
-    )
     args = parser.parse_args(argv)
-    if args.upstream_server:
-        return upstream_server(args.upstream_server, UPSTREAM_DELAY_S)
-    # Ctrl-C, SIGTERM and SIGHUP all stop every process started (SIGINT too
-    # when a non-interactive shell started the harness with it ignored).
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
+    # Ctrl-C, SIGTERM and SIGHUP all stop every process started.
+    install_signal_handlers()
     try:
         return harness(args)
     except KeyboardInterrupt:
