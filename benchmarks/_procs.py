@@ -28,7 +28,9 @@ from typing import Any
 __all__ = [
     "LIVE",
     "RssSampler",
+    "busy_cpu_s",
     "install_signal_handlers",
+    "own_cpu_s",
     "raise_nofile",
     "session_cpu_s",
     "session_hwm",
@@ -76,6 +78,23 @@ def session_cpu_s(sid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
+
+
+def busy_cpu_s() -> float:
+    """
+    CPU seconds all cores spent in processes since boot (user, nice and
+    system time from /proc/stat; interrupts and softirqs, where much of
+    loopback TCP's work is accounted, left out as no process is charged).
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system = (int(x) for x in fields[:3])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def session_rss(sid: int) -> int:

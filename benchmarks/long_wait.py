@@ -58,7 +58,9 @@ A Lua C{done()} hook prints wrk's totals as JSON.
   responses the p99 shows as "> 30".
 - errors: wrk's connect, read, write, status (>= 400) and timeout counts.
 - server CPU: user + system time of the server's process tree during the
-  run (from /proc), as a share of one core; the upstream's and wrk's too.
+  run (from /proc), as a share of one core; the upstream's and wrk's too,
+  and what other processes used meanwhile (busy time in /proc/stat less
+  all of those and the harness's): above 10% of a CPU the run gets a note.
 - RSS: the sum of the resident memory of the server's processes, sampled
   every 200 ms from /proc from before the load until wrk ends: its value
   at idle (after the check request) and its peak; the JSON also has the
@@ -92,7 +94,9 @@ from typing import Any
 from _machine import core_build, cpu_model
 from _procs import (
     RssSampler,
+    busy_cpu_s,
     install_signal_handlers,
+    own_cpu_s,
     raise_nofile,
     session_cpu_s,
     start,
@@ -140,6 +144,7 @@ TARGET_RATIO = 5.0
 TARGET_P99_S = 1.5
 ERROR_KINDS = ("connect", "read", "write", "status", "timeout")
 MIB = 1024 * 1024
+OTHER_CPU_NOTE = 0.10
 
 
 @dataclass
@@ -155,6 +160,7 @@ class Run:
     server_cpu: float | None = None
     upstream_cpu: float | None = None
     wrk_cpu: float | None = None
+    other_cpu: float | None = None
     idle_rss: int | None = None
     peak_rss: int | None = None
     hwm: int | None = None
@@ -181,6 +187,7 @@ class Run:
             "server_cpu": _r(self.server_cpu),
             "upstream_cpu": _r(self.upstream_cpu),
             "wrk_cpu": _r(self.wrk_cpu),
+            "other_cpu": _r(self.other_cpu),
             "idle_rss_mib": _mib(self.idle_rss),
             "peak_rss_mib": _mib(self.peak_rss),
             "hwm_mib": _mib(self.hwm),
@@ -296,12 +303,14 @@ def run_server(plan: Plan, name: str) -> Run:
             run.idle_rss = rss.peak
             cpu0, up0 = session_cpu_s(proc.pid), session_cpu_s(upstream.pid)
             child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy0, own0 = busy_cpu_s(), own_cpu_s()
             t0 = time.monotonic()
             stats, text = _run_wrk(plan, port, script)
             elapsed = time.monotonic() - t0
             child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy1, own1 = busy_cpu_s(), own_cpu_s()
             cpu1, up1 = session_cpu_s(proc.pid), session_cpu_s(upstream.pid)
-        run.peak_rss, run.hwm = rss.peak, rss.hwm
+        run.peak_rss, run.hwm = rss.peak, rss.hwm or None
         if not stats:
             run.error = f"{text}\n{tail(log)}"
             return run
@@ -317,6 +326,17 @@ def run_server(plan: Plan, name: str) -> Run:
         run.wrk_cpu = (
             (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
         ) / elapsed
+        run.other_cpu = max(
+            0.0,
+            (busy1 - busy0 - (own1 - own0)) / elapsed
+            - run.server_cpu
+            - run.upstream_cpu
+            - run.wrk_cpu,
+        )
+        if run.other_cpu > OTHER_CPU_NOTE:
+            run.add_note(
+                f"other processes used {run.other_cpu:.0%} of a CPU during the run"
+            )
         run.status = "ok" if stats["requests"] else "failed"
         return run
     finally:

@@ -49,7 +49,9 @@ C{--timeout}) is a failure, reported with its reason.
   sampling interval shows there (an upper bound when a server has more
   than one process).
 - server CPU: user + system time of its process tree during the run, as a
-  share of one core.
+  share of one core; and what other processes used meanwhile (busy time in
+  /proc/stat less the server's and the harness's): above 10% of a CPU the
+  run gets a note.
 
 After its run each server gets SIGTERM, then SIGKILL after 5 s; on any
 error, Ctrl-C, SIGTERM or SIGHUP every process started is stopped the same
@@ -76,7 +78,9 @@ from typing import Any
 from _machine import core_build, cpu_model
 from _procs import (
     RssSampler,
+    busy_cpu_s,
     install_signal_handlers,
+    own_cpu_s,
     session_cpu_s,
     start,
     stop,
@@ -106,6 +110,7 @@ RSS_INTERVAL_S = 0.2
 READY_TIMEOUT_S = 60.0
 SHIM_DEFAULT_MAX_BODY = 16 * MIB
 GTHREAD_THREADS = 32
+OTHER_CPU_NOTE = 0.10
 
 
 @dataclass
@@ -131,11 +136,15 @@ class Run:
     wall_s: float | None = None
     mib_s: float | None = None
     server_cpu: float | None = None
+    other_cpu: float | None = None
     idle_rss: int | None = None
     peak_rss: int | None = None
     hwm: int | None = None
     note: str | None = None
     error: str | None = None
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -147,6 +156,7 @@ class Run:
             "server_cpu": None
             if self.server_cpu is None
             else round(self.server_cpu, 3),
+            "other_cpu": None if self.other_cpu is None else round(self.other_cpu, 3),
             "idle_rss_mib": None
             if self.idle_rss is None
             else round(self.idle_rss / MIB, 1),
@@ -252,13 +262,14 @@ def run_server(plan: Plan, name: str) -> Run:
             for t in threads:
                 t.start()
             cpu0 = session_cpu_s(proc.pid)
+            busy0, own0 = busy_cpu_s(), own_cpu_s()
             barrier.wait(60.0)
             t0 = time.monotonic()
             deadline = t0 + plan.timeout
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             if any(t.is_alive() for t in threads):
-                run.note = f"run over {plan.timeout:.0f} s: connections closed"
+                run.add_note(f"run over {plan.timeout:.0f} s: connections closed")
                 for u in uploads:
                     sock = u.conn.sock if u.conn is not None else None
                     if sock is not None:
@@ -268,14 +279,23 @@ def run_server(plan: Plan, name: str) -> Run:
                     t.join(10.0)
             elapsed = max(u.ended for u in uploads) - t0
             cpu1 = session_cpu_s(proc.pid)
-        run.peak_rss, run.hwm = rss.peak, rss.hwm
+            busy1, own1 = busy_cpu_s(), own_cpu_s()
+        run.peak_rss, run.hwm = rss.peak, rss.hwm or None
         if rss.killed_at is not None:
-            run.note = (
+            run.add_note(
                 f"killed: RSS {rss.killed_at / MIB:,.0f} MiB over the "
                 f"{plan.rss_limit / MIB:,.0f} MiB limit"
             )
         run.wall_s = elapsed
-        run.server_cpu = (cpu1 - cpu0) / elapsed if elapsed > 0 else None
+        if elapsed > 0:
+            run.server_cpu = (cpu1 - cpu0) / elapsed
+            run.other_cpu = max(
+                0.0, (busy1 - busy0 - (own1 - own0)) / elapsed - run.server_cpu
+            )
+            if run.other_cpu > OTHER_CPU_NOTE:
+                run.add_note(
+                    f"other processes used {run.other_cpu:.0%} of a CPU during the run"
+                )
         done = [u for u in uploads if u.error is None]
         run.ok = len(done)
         run.failures = [u.error for u in uploads if u.error is not None]
@@ -285,7 +305,7 @@ def run_server(plan: Plan, name: str) -> Run:
     finally:
         note = stop(proc)
         if note:
-            run.note = f"{run.note}; at stop: {note.strip()}" if run.note else note
+            run.add_note(f"at stop: {note.strip()}")
 
 
 # --------------------------------------------------------------------------

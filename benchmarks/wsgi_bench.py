@@ -169,6 +169,7 @@ from typing import Any
 from _machine import core_build, cpu_model
 from _procs import (
     LIVE,
+    busy_cpu_s,
     install_signal_handlers,
     session_cpu_s,
     start,
@@ -228,22 +229,12 @@ _start = start
 _stop = stop
 _stop_all = stop_all
 _tail = tail
+_busy_cpu_s = busy_cpu_s
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
     """Wait until C{port} accepts; an error message if it never does."""
     return wait_port(HOST, port, proc, timeout)
-
-
-def _busy_cpu_s() -> float:
-    """
-    CPU seconds all cores spent in processes since boot (user, nice and
-    system time from /proc/stat; interrupts and softirqs, where much of
-    loopback TCP's work is accounted, left out as no process is charged).
-    """
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system = (int(x) for x in fields[:3])
-    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_quiet(timeout: float) -> tuple[float, float]:
