@@ -33,7 +33,7 @@ worker each, their defaults otherwise)
     connections it takes at once.
 ``twisted-web``
     C{twist --reactor=epoll web --wsgi}: Twisted's WSGI container, the app in
-    the reactor's thread pool (10 threads at most).
+    the thread pool C{twisted.web.tap} makes for it (20 threads at most).
 
 Method
 ------

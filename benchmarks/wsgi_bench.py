@@ -56,7 +56,8 @@ Servers (one process serving requests each)
 ``twisted-web``
     C{twist --reactor=epoll web --wsgi wsgi_apps.APP}: Twisted's own WSGI
     container on the epoll reactor; each application call runs in the
-    reactor's thread pool (at most 10 threads, Twisted's default).
+    thread pool C{twisted.web.tap} makes for it (C{ThreadPool()}'s
+    defaults: 5 to 20 threads; not the reactor's pool of 10).
 
 Access logs are off everywhere but in C{twist web}, which always writes one;
 it goes to a file in the temporary directory (never C{/dev/null}: twisted.web
@@ -564,7 +565,7 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "twisted-web",
-            lambda c: "twist --reactor=epoll web --wsgi (thread pool, max 10 threads)",
+            lambda c: "twist --reactor=epoll web --wsgi (thread pool, max 20 threads)",
             _twist_cmd,
             _bench_unavailable("twist"),
         ),
