@@ -34,6 +34,7 @@ from wsgi_client import (
     connect,
     exchange,
     get,
+    reset,
     wait_until,
 )
 
@@ -135,6 +136,72 @@ def test_a_body_past_the_buffer_is_spooled_and_read_intact(
     )
 
 
+def test_a_spooled_body_is_closed_when_its_request_ends(
+    wsgi_server: StartServer, body_dir: Path
+) -> None:
+    """An application that keeps C{wsgi.input} past its request does not
+    keep the spooled file open: the host closes it when the request ends."""
+    server = wsgi_server(fresh=True, body_buffer="64K", body_dir=body_dir)
+    before = server.fd_count()
+    for _ in range(3):
+        resp, reader = exchange(
+            server.port, build_request("POST", "/keep-input", body=b"k" * (MiB + 1))
+        )
+        reader.sock.close()
+        assert resp.json()["input"] == "BufferedReader"
+    wait_until(
+        lambda: server.fd_count() <= before,
+        what=f"the kept streams' files closed: {server.fds()}",
+    )
+
+
+def test_a_client_leaving_mid_body_leaves_no_file(
+    wsgi_server: StartServer, body_dir: Path
+) -> None:
+    """A client that sends half of a spooled body and goes away (FIN, then
+    RST) takes the file with it: descriptors come back to what they were."""
+    server = wsgi_server(fresh=True, body_buffer="64K", body_dir=body_dir)
+    before = server.fd_count()
+    for close in ("fin", "rst"):
+        sock = connect(server.port)
+        sock.sendall(
+            build_request("POST", "/digest", headers=[("Content-Length", str(4 * MiB))])
+        )
+        sock.sendall(BLOCK * 2)
+        wait_until(lambda: server.fd_count() > before, what="the body's file made")
+        if close == "rst":
+            reset(sock)
+        else:
+            sock.close()
+        wait_until(
+            lambda: server.fd_count() <= before,
+            what=f"the file closed after a {close}: {server.fds()}",
+        )
+
+
+def test_expect_continue_is_refused_before_the_body_when_it_cannot_be_stored(
+    wsgi_server: StartServer, tmp_path: Path
+) -> None:
+    """With C{Expect: 100-continue}, a body that would be spooled where no
+    file can be made is answered 500 instead of C{100 Continue}: the client
+    is not asked to send what cannot be kept."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    server = wsgi_server(body_buffer="64K", body_dir=gone, expect_errors=True)
+    gone.rmdir()
+    sock = connect(server.port)
+    sock.sendall(
+        build_request(
+            "POST",
+            "/digest",
+            headers=[("Content-Length", str(MiB)), ("Expect", "100-continue")],
+        )
+    )
+    resp = ResponseReader(sock).read_response("POST")
+    sock.close()
+    assert resp.status == 500
+
+
 def test_a_body_within_the_buffer_stays_in_memory(
     wsgi_server: StartServer, body_dir: Path
 ) -> None:
@@ -146,17 +213,21 @@ def test_a_body_within_the_buffer_stays_in_memory(
     assert (got["input"], got["sha256"]) == ("BufferedReader", digest)
 
 
-def test_concurrent_uploads_in_bounded_memory(wsgi_server: StartServer) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_concurrent_uploads_in_bounded_memory(
+    wsgi_server: StartServer, body_dir: Path, chunked: bool
+) -> None:
     """40 concurrent 16 MiB uploads (640 MiB) with the default buffer: each
     arrives intact, and the server's peak RSS (VmHWM) stays within 100 MiB;
-    the whole bodies held in memory would take over 640 MiB."""
-    server = wsgi_server(fresh=True)
+    the whole bodies held in memory would take over 640 MiB. Chunked bodies
+    go through the decoder's buffer before the file: the same bound."""
+    server = wsgi_server(fresh=True, body_dir=body_dir)
     results: list[tuple[Any, str]] = []
     errors: list[BaseException] = []
 
     def one() -> None:
         try:
-            results.append(upload(server.port, 16 * MiB))
+            results.append(upload(server.port, 16 * MiB, chunked=chunked))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

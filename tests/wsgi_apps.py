@@ -270,6 +270,21 @@ def digest(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     )
 
 
+#: Request bodies' input streams kept past their request (L{keep_input}).
+KEPT_INPUTS: list[Any] = []
+
+
+@route("/keep-input", validate=False)
+def keep_input(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Read one byte of C{wsgi.input} and keep the stream (as an application
+    caching its environ would): the host must still close a spooled body's
+    file when the request ends."""
+    stream = environ["wsgi.input"]
+    stream.read(1)
+    KEPT_INPUTS.append(stream)
+    return respond_json(start_response, {"input": type(stream).__name__})
+
+
 @route("/input", validate=False)
 def input_modes(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """

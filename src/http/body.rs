@@ -27,6 +27,10 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The most a sink reserves before bytes arrive.
+const INITIAL_CAPACITY: usize = 64 * 1024;
 
 /// A complete request body, as the service receives it.
 #[derive(Debug)]
@@ -112,7 +116,7 @@ pub struct BodySink {
     mem: Vec<u8>,
     file: Option<File>,
     len: u64,
-    cfg: SpoolConfig,
+    cfg: Arc<SpoolConfig>,
     /// The body's declared length is over the buffer: write to the file
     /// from the start.
     direct: bool,
@@ -123,15 +127,32 @@ impl BodySink {
     /// for a chunked body). A body known to be longer than the buffer goes
     /// to the file from its first byte (as nginx does), so it never costs
     /// the buffer's memory.
-    pub fn new(cfg: &SpoolConfig, expected: u64) -> BodySink {
+    pub fn new(cfg: &Arc<SpoolConfig>, expected: u64) -> BodySink {
         let fits = expected <= cfg.buffer as u64;
+        // Reserved up front only up to one read's worth: a head alone must
+        // not make the server allocate what it merely announces.
+        let capacity = if fits {
+            (expected as usize).min(INITIAL_CAPACITY)
+        } else {
+            0
+        };
         BodySink {
-            mem: Vec::with_capacity(if fits { expected as usize } else { 0 }),
+            mem: Vec::with_capacity(capacity),
             file: None,
             len: 0,
-            cfg: cfg.clone(),
+            cfg: Arc::clone(cfg),
             direct: !fits,
         }
+    }
+
+    /// Make the file now if the body is known to need one (its declared
+    /// length is over the buffer), so a failure is known before the body
+    /// is asked for (`100 Continue`).
+    pub fn prepare(&mut self) -> Result<(), SpoolError> {
+        if self.direct {
+            self.spill()?;
+        }
+        Ok(())
     }
 
     /// Bytes taken so far.
@@ -220,7 +241,7 @@ impl BodySink {
         match self.file {
             None => Ok(RequestBody::Memory(self.mem)),
             Some(mut file) => {
-                let dir = self.cfg.dir;
+                let dir = self.cfg.dir.clone();
                 file.flush()
                     .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
                     .map_err(|err| SpoolError {
@@ -291,11 +312,11 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn cfg(buffer: usize) -> SpoolConfig {
-        SpoolConfig {
+    fn cfg(buffer: usize) -> Arc<SpoolConfig> {
+        Arc::new(SpoolConfig {
             buffer,
             dir: std::env::temp_dir(),
-        }
+        })
     }
 
     fn read_all(body: RequestBody) -> Vec<u8> {
@@ -367,10 +388,10 @@ mod tests {
     fn the_file_has_no_name() {
         let dir = std::env::temp_dir().join(format!("ts-body-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let c = SpoolConfig {
+        let c = Arc::new(SpoolConfig {
             buffer: 1,
             dir: dir.clone(),
-        };
+        });
         let mut s = BodySink::new(&c, 0);
         s.write(b"spooled").unwrap();
         assert!(s.spooled());
@@ -381,10 +402,10 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_a_spool_error() {
-        let c = SpoolConfig {
+        let c = Arc::new(SpoolConfig {
             buffer: 1,
             dir: PathBuf::from("/nonexistent/twisted-shim"),
-        };
+        });
         let mut s = BodySink::new(&c, 0);
         let e = s.write(b"xy").unwrap_err();
         assert!(e.creating);

@@ -63,6 +63,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// sending its next request, which is answered (with `Connection: close`)
 /// rather than lost to a close racing it.
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// Capacity of the read buffer above which a connection going idle frees it
+/// (twice the reservation of one read, see `read_into`).
+const IDLE_READ_BUFFER: usize = 128 * 1024;
 /// The body of the page sent when a service fails before its headers.
 const ERROR_PAGE: &[u8] = b"Internal Server Error\n";
 
@@ -320,6 +323,13 @@ impl Conn {
                         BodyKind::Length(n) => n,
                         BodyKind::Chunked => 0,
                     };
+                    // A body that will be spooled gets its file before the
+                    // client is told to send it: if the file cannot be
+                    // made, the answer comes before the upload, not after.
+                    let mut sink = Box::new(BodySink::new(&server.cfg.spool, remaining));
+                    if let Err(e) = sink.prepare() {
+                        return Action::SpoolFailed(e);
+                    }
                     if head.expect_continue {
                         state.out.push_owned(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
@@ -327,7 +337,7 @@ impl Conn {
                         matches!(head.body, BodyKind::Chunked).then(ChunkedDecoder::default);
                     state.phase = Phase::Body {
                         head,
-                        body: Box::new(BodySink::new(&server.cfg.spool, remaining)),
+                        body: sink,
                         chunked,
                         remaining,
                     };
@@ -798,6 +808,13 @@ impl Conn {
             if keep_alive && !state.eof {
                 state.phase = Phase::Idle;
                 state.input_dirty = true;
+                // A body read through it grew the read buffer (up to the
+                // read budget, every page touched): give that back rather
+                // than keep it for the life of an idle keep-alive client.
+                // One read's reservation stays (mostly untouched pages).
+                if state.rbuf.is_empty() && state.rbuf.capacity() > IDLE_READ_BUFFER {
+                    state.rbuf = Vec::new();
+                }
             } else {
                 state.phase = Phase::Closing;
             }

@@ -57,7 +57,7 @@ pub struct Config {
     /// Largest request body, in bytes, de-chunked (larger: 413).
     pub max_body: usize,
     /// Where bodies longer than their in-memory buffer are spooled.
-    pub spool: SpoolConfig,
+    pub spool: Arc<SpoolConfig>,
     /// How long a request head may take to arrive, from its first byte (on
     /// a new connection, from the connection): longer is 408.
     pub header_timeout: Duration,

@@ -210,10 +210,10 @@ fn harness(py: Python<'_>, plan: Plan, high_water: usize) -> Harness {
     let cfg = Config {
         max_header: 8192,
         max_body: 1 << 20,
-        spool: SpoolConfig {
+        spool: Arc::new(SpoolConfig {
             buffer: SPOOL_BUFFER,
             dir: std::env::temp_dir(),
-        },
+        }),
         header_timeout: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(10),

@@ -178,10 +178,10 @@ impl WsgiHost {
         let http_cfg = http::server::Config {
             max_header,
             max_body,
-            spool: SpoolConfig {
+            spool: Arc::new(SpoolConfig {
                 buffer: body_buffer,
                 dir: body_dir,
-            },
+            }),
             header_timeout: duration(header_timeout, "header_timeout")?,
             keepalive_timeout: duration(keepalive_timeout, "keepalive_timeout")?,
             send_timeout: duration(send_timeout, "send_timeout")?,

@@ -29,8 +29,7 @@ use crate::http::parse::{percent_decode, split_target, Head, Reject};
 use crate::wsgi::host::WsgiShared;
 use crate::wsgi::request::Request;
 
-static BYTES_IO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static IO_OPEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static IO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// The read buffer of `wsgi.input` over a spooled body.
 const INPUT_BUFFER: usize = 64 * 1024;
 
@@ -189,7 +188,7 @@ pub fn build_environ<'py>(
 
     env.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
     env.set_item(intern!(py, "wsgi.url_scheme"), PyString::new(py, scheme))?;
-    env.set_item(intern!(py, "wsgi.input"), input_stream(py, body)?)?;
+    env.set_item(intern!(py, "wsgi.input"), input_stream(py, body, req)?)?;
     env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
     env.set_item(intern!(py, "wsgi.errors"), shared.errors.bind(py))?;
     env.set_item(intern!(py, "wsgi.multithread"), shared.cfg.multithread)?;
@@ -221,29 +220,45 @@ pub fn build_environ<'py>(
 }
 
 /// `wsgi.input` for a complete body: an `io.BytesIO` over the bytes, or, for
-/// a body spooled to a file, a buffered reader of that file (it owns the
-/// descriptor: the file, which has no name, is gone when the stream is
-/// closed or collected).
-fn input_stream(py: Python<'_>, body: RequestBody) -> PyResult<Bound<'_, PyAny>> {
+/// a body spooled to a file, a buffered reader of that file, which owns the
+/// descriptor (the file has no name: it is gone once closed). The request
+/// keeps the reader to close it when it ends.
+fn input_stream<'py>(
+    py: Python<'py>,
+    body: RequestBody,
+    req: &Bound<'py, Request>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let io = IO.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("io")?.into_any().unbind())
+    })?;
+    let io = io.bind(py);
     match body {
         RequestBody::Memory(bytes) => {
-            let bytes_io = BYTES_IO.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-                Ok(py.import("io")?.getattr("BytesIO")?.unbind())
-            })?;
-            bytes_io.bind(py).call1((PyBytes::new(py, &bytes),))
+            io.call_method1(intern!(py, "BytesIO"), (PyBytes::new(py, &bytes),))
         }
         RequestBody::File { file, .. } => {
-            let open = IO_OPEN.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-                Ok(py.import("io")?.getattr("open")?.unbind())
-            })?;
             let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-            let stream = open.bind(py).call1((fd, intern!(py, "rb"), INPUT_BUFFER));
-            if stream.is_err() {
-                // SAFETY: `fd` came from `into_raw_fd` above and io.open did
-                // not take it; it is closed exactly once, here.
-                unsafe { libc::close(fd) };
-            }
-            stream
+            let raw = match io.call_method1(intern!(py, "FileIO"), (fd, intern!(py, "rb"), true)) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    // SAFETY: `fd` came from `into_raw_fd` above; a FileIO
+                    // that fails to initialise never closes a descriptor it
+                    // was given, so it is closed exactly once, here.
+                    unsafe { libc::close(fd) };
+                    return Err(e);
+                }
+            };
+            // From here the FileIO owns the descriptor.
+            let stream = match io.call_method1(intern!(py, "BufferedReader"), (&raw, INPUT_BUFFER))
+            {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = raw.call_method0(intern!(py, "close"));
+                    return Err(e);
+                }
+            };
+            crate::wsgi::request::state_mut(req)?.input = Some(stream.clone().unbind());
+            Ok(stream)
         }
     }
 }

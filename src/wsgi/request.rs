@@ -111,6 +111,10 @@ pub struct Request {
     pub disconnected: bool,
     /// The application sent more than its `Content-Length` (logged once).
     pub overflow_logged: bool,
+    /// `wsgi.input` when it reads a spooled body: closed when the request
+    /// ends, so the file's descriptor and space do not wait for the
+    /// environ to be collected.
+    pub input: Option<Py<PyAny>>,
 }
 
 fn reentrant() -> PyErr {
@@ -152,6 +156,7 @@ impl Request {
             pause: None,
             disconnected: false,
             overflow_logged: false,
+            input: None,
         }
     }
 

@@ -457,8 +457,8 @@ fn end_pause(py: Python<'_>, req: &Bound<'_, Request>, interrupted: bool) {
 
 /// Call the iterable's `close()`, exactly once (whoever takes `result`).
 fn close_iterable(py: Python<'_>, req: &Bound<'_, Request>) {
-    let taken = state_mut(req).map(|mut r| (r.iter.take(), r.result.take()));
-    let (iter, result) = match taken {
+    let taken = state_mut(req).map(|mut r| (r.iter.take(), r.result.take(), r.input.take()));
+    let (iter, result, input) = match taken {
         Ok(t) => t,
         Err(e) => {
             log_failure(py, "while closing a WSGI application's iterable", e);
@@ -467,6 +467,12 @@ fn close_iterable(py: Python<'_>, req: &Bound<'_, Request>) {
     };
     // Dropped with no borrow held: a generator's finalizer runs Python.
     drop(iter);
+    // A spooled body's file: its descriptor and space go now.
+    if let Some(input) = input {
+        if let Err(e) = input.bind(py).call_method0(intern!(py, "close")) {
+            log_failure(py, "while closing a request body's file", e);
+        }
+    }
     let Some(result) = result else { return };
     let result = result.bind(py);
     match result.hasattr(intern!(py, "close")) {
