@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("wsgi_bench.py", "--retries"),
         ("reactor_bench.py", "--quick"),
         ("latency.py", "--runs"),
+        ("stop_under_load.py", "--scenarios"),
     ],
 )
 def test_help(script: str, option: str) -> None:
