@@ -40,6 +40,10 @@ C{sleep}
     The same 50 ms wait without an upstream: C{twisted_shim.wait} on a
     C{deferLater(reactor, 0.05, ...)} on twisted-shim, C{time.sleep(0.05)}
     elsewhere. Not in the default set of C{wsgi_bench.py}.
+C{paused}
+    twisted-shim only (C{stop_under_load.py}): C{hello}'s response, sent
+    after the request paused its output (C{wsgi.pause_output}) and a
+    C{callLater} of C{PAUSE} seconds resumed it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ UPSTREAM_ENV = "WSGI_BENCH_UPSTREAM"
 UPSTREAM_TIMEOUT = 30.0
 MAX_PERSISTENT = 20_000  # upstream connections kept by the paused path's pool
 READ_SIZE = 64 * 1024
+PAUSE = 0.01
 
 assert len(HELLO) == 13 and len(BIG) == 64 * 1024
 
@@ -238,6 +243,17 @@ def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return _respond_after(waiter, start_response, b"slept: ")
     time.sleep(UPSTREAM_DELAY)
     return _ok(start_response, b"slept: ok")
+
+
+def paused(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    resume = environ["wsgi.pause_output"]()
+    environ["twisted_shim.reactor"].callLater(PAUSE, resume)
+    yield b""  # paused until the callLater resumes it
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain"), ("Content-Length", str(len(HELLO)))],
+    )
+    yield HELLO
 
 
 APPS = ("hello", "big", "echo", "upstream", "upstream_treq", "count", "sleep")

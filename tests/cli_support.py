@@ -667,11 +667,13 @@ class KeepAlive(_ClientThreads):
     C{ok} (a complete 200), C{lost} (sent on an open connection and answered
     by nothing: closed or reset before any byte of a response), or
     C{broken} (anything else); C{refused} counts connections not accepted.
+    C{bodies} holds the distinct bodies of the C{ok} responses.
     """
 
     def __init__(self, port: int, path: str, n: int) -> None:
         self.closes = 0
         self.problems: list[str] = []
+        self.bodies: set[bytes] = set()
         super().__init__(port, path, n, ("ok", "lost", "broken", "refused"))
 
     def _count(self, kind: str, detail: str = "") -> None:
@@ -713,6 +715,8 @@ class KeepAlive(_ClientThreads):
                 continue
             if response.status == 200 and body:
                 self._count("ok")
+                with self._lock:
+                    self.bodies.add(body)
             else:
                 self._count("broken", f"{response.status} {body[:50]!r}")
             if response.will_close:

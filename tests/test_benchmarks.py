@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("reactor_bench.py", "--quick"),
         ("latency.py", "--runs"),
         ("transport_bench.py", "--smoke"),
+        ("stop_under_load.py", "--scenarios"),
     ],
 )
 def test_help(script: str, option: str) -> None:

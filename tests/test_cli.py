@@ -185,6 +185,12 @@ def test_malformed_bind(tmp_path: Path, bind: str, expected: str) -> None:
 def test_usage_error(tmp_path: Path) -> None:
     result = run(["cliapp:application", "--workers", "0"], tmp_path)
     assert_one_error_line(result, "argument --workers: '0' is not a positive integer")
+    for flag in ("--max-requests", "--max-requests-jitter"):
+        for bad in ("-1", "x", "1.5"):
+            result = run(["cliapp:application", flag, bad], tmp_path)
+            assert_one_error_line(
+                result, f"argument {flag}: {bad!r} is not a non-negative integer"
+            )
     result = run([], tmp_path)
     assert_one_error_line(result, "the following arguments are required: MODULE:APP")
 
@@ -478,7 +484,12 @@ def test_graceful_shutdown(
         if r[0] != "ok" or r[1][0] != 200 or not r[1][1].startswith(b"slow ")
     ]
     assert not bad, bad[:5]
-    assert counts["broken"] == 0, hammer.broken[:5]
+    # A new connection is answered completely or refused (its SYN dropped
+    # while the server settles, then refused): never accepted and dropped.
+    assert counts["broken"] == 0 and counts["no-response"] == 0, (
+        counts,
+        hammer.broken[:5],
+    )
     assert counts["ok"] > 0, counts
     name = signal.Signals(signum).name
     assert f"twisted-shim: {name}: shutting down" in server.stderr
@@ -490,9 +501,11 @@ def test_graceful_shutdown(
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
 
 
-@pytest.mark.parametrize("run", range(3))
+@pytest.mark.parametrize("run", range(2))
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("path", ["/pid", "/slow?0.01"], ids=["hello", "paused"])
 def test_shutdown_loses_no_request_on_kept_alive_connections(
-    serve: Servers, run: int
+    serve: Servers, run: int, workers: str, path: str
 ) -> None:
     """
     SIGTERM while 20 clients send requests back to back on persistent
@@ -500,8 +513,8 @@ def test_shutdown_loses_no_request_on_kept_alive_connections(
     each connection with Connection: close), none is met by a close or a
     reset; then the port refuses and the process exits 0.
     """
-    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", "1")
-    clients = KeepAlive(server.port, "/pid", 20)
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", workers)
+    clients = KeepAlive(server.port, path, 20)
     assert wait_until(lambda: clients.counts["ok"] > 200, timeout=TIMEOUT)
     server.signal(signal.SIGTERM)
     assert server.wait() == 0, server.stderr

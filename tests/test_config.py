@@ -30,7 +30,13 @@ from twisted_shim.wsgi.startup import StartupError
 
 #: What C{serve} has that the plugin leaves to C{twist}/C{twistd}: the
 #: process model (one process under twist) and logging.
-SERVE_ONLY = {"--workers", "--threads", "--log-level"}
+SERVE_ONLY = {
+    "--workers",
+    "--max-requests",
+    "--max-requests-jitter",
+    "--threads",
+    "--log-level",
+}
 
 #: The same values, given to both command lines.
 GIVEN = [

@@ -155,20 +155,28 @@ def _flags(argv: list[str]) -> set[str]:
 def test_help_lists_every_serve_limit() -> None:
     """
     C{twist shim-wsgi --help} lists every option of C{twisted-shim serve}
-    but the process model (C{--workers}, C{--threads}) and C{--log-level}
-    (twist's own, given before the plugin's name).
+    but the process model (C{--workers}, C{--max-requests},
+    C{--max-requests-jitter}, C{--threads}) and C{--log-level} (twist's
+    own, given before the plugin's name).
     """
     serve = _flags([sys.executable, "-m", "twisted_shim", "serve", "--help"])
     plugin = _flags([*TWIST, "shim-wsgi", "--help"])
     assert {"--max-pause", "--send-timeout", "--header-timeout"} <= serve
-    assert serve - plugin == {"--workers", "--threads", "--log-level"}
+    assert serve - plugin == {
+        "--workers",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--threads",
+        "--log-level",
+    }
 
 
 def test_service_in_process(tmp_path: Path) -> None:
     """
     L{WSGIService} is an C{IService}: started, it listens (the real port of
     a port-0 bind is in C{addresses}); stopped, it stops accepting and
-    removes its UNIX socket file, and the Deferred fires.
+    removes its UNIX socket file, and the Deferred fires (once the listening
+    sockets' queues settled and they are closed).
     """
     reactor = RustReactor()
     path = str(tmp_path / "s.sock")
@@ -186,6 +194,11 @@ def test_service_in_process(tmp_path: Path) -> None:
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
     done: list[object] = []
     svc.stopService().addBoth(done.append)
+    assert not os.path.exists(path)  # at once: new clients are refused
+    for _ in range(200):
+        if done:
+            break
+        reactor.iterate(0.02)
     assert done == [None]
     assert not svc.running and not os.path.exists(path)
     with pytest.raises(OSError):

@@ -140,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = options_from(args)
     try:
-        if options.workers > 1:
+        # Recycling needs a supervisor to start the replacement, even for
+        # one worker.
+        if options.workers > 1 or options.max_requests > 0:
             return Supervisor(options).run()
         return serve(options)
     except StartupError as e:

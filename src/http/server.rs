@@ -6,6 +6,17 @@
 //! [`Server::sweep`] periodically for timeouts, and drives graceful shutdown
 //! with [`Server::stop_accepting`], [`Server::drain`] and
 //! [`Server::abort_all`].
+//!
+//! Stopping loses no connection the kernel completed: the first call of
+//! [`Server::stop_accepting`] has the kernel drop new SYNs on each TCP
+//! listener ([`socket::drop_syns`]), so only handshakes already under way
+//! still complete; the listeners stay watched, and everything queued is
+//! accepted (and drained like any other connection) until none has come
+//! for [`STOP_SETTLE`]. Only then are they let go, for the owner to close:
+//! a close with connections still queued would reset them. Clients whose
+//! SYN was dropped retransmit it and reach another socket of the port's
+//! `SO_REUSEPORT` group, or are refused once none is left: a connect
+//! error, never a lost request.
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -29,6 +40,22 @@ use crate::twisted::log_failure;
 
 /// Accept at most this many connections per readiness event.
 const ACCEPT_BATCH: usize = 128;
+
+/// While stopping, how long the TCP listeners must have had nothing to
+/// accept before they are let go. Once new SYNs are dropped, what can
+/// still arrive is the final ACK of a handshake whose SYN-ACK went out
+/// before: one round trip later. 500 ms is above the round trip of any
+/// client this server should face directly (a proxy or a LAN: under
+/// 10 ms; across continents: about 300 ms) and is paid once per stop,
+/// while connections drain anyway.
+pub const STOP_SETTLE: Duration = Duration::from_millis(500);
+
+/// While stopping, the listeners are let go after this long even if
+/// connections keep coming: then they are not handshakes finishing but a
+/// UNIX socket still reachable by its path (shared with other workers,
+/// which keep accepting on it, or not ours to unlink), or a client's ACK
+/// retransmitted after the queue overflowed.
+pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// After a burst of at least this many connections has shrunk to a quarter,
 /// the sweep hands the memory freed meanwhile back to the system.
@@ -88,7 +115,8 @@ pub struct Server {
     pub service: Arc<dyn Service>,
     conns: Mutex<Slab<Arc<Conn>>>,
     listeners: Mutex<Vec<Arc<Listener>>>,
-    accepting: AtomicBool,
+    /// Set by the first [`Server::stop_accepting`].
+    stopping: Mutex<Option<Stopping>>,
     /// Accepting paused after running out of descriptors; retried by sweep.
     starved: AtomicBool,
     /// The most connections open at once since the heap was last trimmed.
@@ -105,7 +133,7 @@ impl Server {
             service,
             conns: Mutex::new(Slab::new()),
             listeners: Mutex::new(Vec::new()),
-            accepting: AtomicBool::new(true),
+            stopping: Mutex::new(None),
             starved: AtomicBool::new(false),
             peak: AtomicUsize::new(0),
             trims: AtomicUsize::new(0),
@@ -153,10 +181,12 @@ impl Server {
     }
 
     /// Accept connections on `fd`, a listening, non-blocking stream socket
-    /// that the caller keeps open until [`Server::stop_accepting`].
+    /// that the caller keeps open until [`Server::stop_accepting`] returned
+    /// true.
     pub fn listen(self: &Arc<Self>, py: Python<'_>, fd: RawFd) -> io::Result<()> {
         let listener = Arc::new(Listener {
             fd,
+            tcp: socket::is_tcp(fd),
             token: Mutex::new(None),
             server: Arc::downgrade(self),
         });
@@ -167,18 +197,60 @@ impl Server {
         Ok(())
     }
 
-    /// Accept what is already queued on the listening sockets, then stop
-    /// watching them (the caller closes them).
-    pub fn stop_accepting(&self, py: Python<'_>) {
-        self.accepting.store(false, Ordering::SeqCst);
+    /// Stop accepting without losing a connection the kernel completed
+    /// (call it until it returns true; the module's opening tells how):
+    /// the first call drops new SYNs on the TCP listeners; each call
+    /// accepts what is queued; once the TCP listeners have had nothing to
+    /// accept for [`STOP_SETTLE`] (or [`STOP_LIMIT`] has passed, or `now`),
+    /// the listeners are no longer watched, and it returns true: the
+    /// caller may close them.
+    pub fn stop_accepting(&self, py: Python<'_>, now: bool) -> bool {
+        let started = Instant::now();
+        let first = {
+            let mut stopping = lock(&self.stopping);
+            let first = stopping.is_none();
+            stopping.get_or_insert(Stopping {
+                since: started,
+                last_tcp_accept: started,
+            });
+            first
+        };
+        let listeners: Vec<Arc<Listener>> = lock(&self.listeners).clone();
+        if first {
+            for l in listeners.iter().filter(|l| l.tcp) {
+                if let Err(e) = socket::drop_syns(l.fd) {
+                    // Not fatal: the queue is still drained, but a
+                    // handshake completing after the close is reset.
+                    log_failure(
+                        py,
+                        "while closing a listening socket to new connections",
+                        PyOSError::new_err(e.to_string()),
+                    );
+                }
+            }
+        }
+        if !self.starved.load(Ordering::SeqCst) {
+            for l in &listeners {
+                l.accept(py, usize::MAX);
+            }
+        }
+        let settled = match *lock(&self.stopping) {
+            Some(ref s) => {
+                s.last_tcp_accept.elapsed() >= STOP_SETTLE || s.since.elapsed() >= STOP_LIMIT
+            }
+            None => true,
+        };
+        if !(now || settled) {
+            return false;
+        }
         let listeners = std::mem::take(&mut *lock(&self.listeners));
         let lp = self.loop_.bind(py).get();
         for l in listeners {
-            l.accept(py, usize::MAX);
             if let Some(token) = lock(&l.token).take() {
                 lp.remove_native(token);
             }
         }
+        true
     }
 
     /// Open connections.
@@ -229,7 +301,8 @@ impl Server {
             self.trims.fetch_add(1, Ordering::Relaxed);
             trim_heap();
         }
-        if self.accepting.load(Ordering::SeqCst) && self.starved.swap(false, Ordering::SeqCst) {
+        // (Listeners let go by a stop are no longer in the list.)
+        if self.starved.swap(false, Ordering::SeqCst) {
             self.set_listening(py, true);
         }
     }
@@ -244,9 +317,18 @@ impl Server {
     }
 }
 
+/// Since when a server stops accepting ([`Server::stop_accepting`]).
+struct Stopping {
+    since: Instant,
+    /// When a TCP listener last had a connection to accept (or `since`).
+    last_tcp_accept: Instant,
+}
+
 /// A listening socket's native handler: accepts connections.
 struct Listener {
     fd: RawFd,
+    /// TCP (else UNIX): new connections can be refused with a SYN filter.
+    tcp: bool,
     token: Mutex<Option<Token>>,
     server: Weak<Server>,
 }
@@ -294,6 +376,11 @@ impl Listener {
             };
             server.register(py, a.fd, info);
             accepted += 1;
+        }
+        if accepted > 0 && self.tcp {
+            if let Some(s) = lock(&server.stopping).as_mut() {
+                s.last_tcp_accept = Instant::now();
+            }
         }
         accepted
     }

@@ -229,3 +229,128 @@ pub fn read_into(
     }
     out
 }
+
+/// Whether `fd` is a TCP socket (IPv4 or IPv6), as opposed to a UNIX one.
+pub fn is_tcp(fd: RawFd) -> bool {
+    let mut storage = zeroed_storage();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into our storage.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && matches!(storage.ss_family as i32, libc::AF_INET | libc::AF_INET6)
+}
+
+/// `SO_ATTACH_FILTER` (`<asm-generic/socket.h>`; the same number on every
+/// Linux architecture).
+#[cfg(target_os = "linux")]
+const SO_ATTACH_FILTER: libc::c_int = 26;
+
+/// Have the kernel drop every SYN that reaches `fd`, a listening TCP
+/// socket, so that no new handshake starts on it while those in progress
+/// still complete into its queue: a classic BPF socket filter that drops a
+/// segment whose SYN flag is set and keeps every other.
+///
+/// For a TCP socket the filter runs on the segment with its TCP header at
+/// offset 0 (the IP header is already pulled), where byte 13 holds the
+/// flags (SYN = 0x02). The final ACK of a handshake whose SYN came before
+/// the filter is not a SYN, so it passes and the connection is queued for
+/// `accept`. A client whose SYN is dropped gets no answer and retransmits
+/// it (after 1 s, then 3 s, ...): once this socket is closed, to another
+/// socket of its `SO_REUSEPORT` group if there is one, else to a closed
+/// port, which refuses it. `scripts/syn_filter_experiment.py` shows each of
+/// these on the running kernel.
+#[cfg(target_os = "linux")]
+pub fn drop_syns(fd: RawFd) -> io::Result<()> {
+    const SYN: u32 = 0x02;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut code = [
+        // A = the byte at offset 13 of the TCP header: the flags.
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        // SYN set: go on to drop it; else skip to keep it.
+        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, SYN),
+        // Drop: keep 0 bytes.
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        // Keep the whole segment.
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as libc::c_ushort,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `code`, which outlives the call; the kernel
+    // copies (and checks) the program during setsockopt and keeps no
+    // pointer to our memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Not on this system: a stopping server only drains its queue.
+#[cfg(not(target_os = "linux"))]
+pub fn drop_syns(_fd: RawFd) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    #[test]
+    fn dropped_syns_leave_queued_connections_acceptable() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(is_tcp(listener.as_raw_fd()));
+        let before = TcpStream::connect(addr).unwrap();
+        drop_syns(listener.as_raw_fd()).unwrap();
+        // A new handshake gets no SYN-ACK: the connect times out (the
+        // client would retransmit its SYN).
+        let after = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert_eq!(
+            after.map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        // The connection completed before is still in the queue, alone.
+        listener.set_nonblocking(true).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, before.local_addr().unwrap());
+        drop(accepted);
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn unix_sockets_are_not_tcp() {
+        let dir = std::env::temp_dir().join(format!("shim-sock-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        assert!(!is_tcp(listener.as_raw_fd()));
+        drop(listener);
+        let _ = std::fs::remove_file(&dir);
+    }
+}

@@ -221,10 +221,13 @@ impl WsgiHost {
             .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
     }
 
-    /// Accept what is already queued on the listening sockets, then stop
-    /// watching them (the caller closes them).
-    fn stop_accepting(&self, py: Python<'_>) {
-        self.server.stop_accepting(py);
+    /// Stop accepting without losing a connection (call it until it returns
+    /// true, then close the listening sockets): new SYNs are dropped, what
+    /// is queued is accepted until the queue stayed empty for a moment;
+    /// `now` lets the listeners go at once.
+    #[pyo3(signature = (now = false))]
+    fn stop_accepting(&self, py: Python<'_>, now: bool) -> bool {
+        self.server.stop_accepting(py, now)
     }
 
     /// Open connections.

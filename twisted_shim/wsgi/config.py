@@ -356,6 +356,25 @@ class ServeOptions:
         parse=positive_int,
         commands=frozenset({SERVE}),
     )
+    max_requests: int = setting(
+        0,
+        "--max-requests",
+        "recycle a worker after this many requests (plus its jitter): the "
+        "supervisor starts its replacement, then stops it gracefully; 0: "
+        "never (implies a supervisor, even with --workers 1)",
+        metavar="N",
+        parse=non_negative_int,
+        commands=frozenset({SERVE}),
+    )
+    max_requests_jitter: int = setting(
+        0,
+        "--max-requests-jitter",
+        "each worker's limit is --max-requests plus a random 0..J, so that "
+        "workers are not all recycled at once",
+        metavar="J",
+        parse=non_negative_int,
+        commands=frozenset({SERVE}),
+    )
     threads: int = setting(
         0,
         "--threads",

@@ -6,22 +6,30 @@ and L{Runner}, which a pre-forked worker runs too
 A L{Runner} owns the L{WSGIServer}, the thread pool of C{--threads} and the
 signal handlers: SIGTERM (and SIGINT when it runs alone) shuts the server
 down within C{--grace}, a second signal aborts the requests in flight, and
-then the reactor stops. Invariants: the reactor is installed and the
-application imported before a L{Runner} is made; the C{ready} line (or the
-worker's C{ready} report) is given only once the reactor runs; a socket
-file made by L{serve} is removed when it returns.
+then the reactor stops. With C{--max-requests}, a worker's L{Runner}
+counts the requests its application is called for and, at its limit
+(C{--max-requests} plus a random 0..C{--max-requests-jitter}, drawn once
+per worker), reports it once and keeps serving until its supervisor, which
+has started its replacement meanwhile, sends SIGTERM.
+
+Invariants: the reactor is installed and the application imported before a
+L{Runner} is made; the C{ready} line (or the worker's C{ready} report) is
+given only once the reactor runs; a socket file made by L{serve} is
+removed as its shutdown begins (new clients get "no such file", not a
+connection that is never accepted) and in any case when it returns.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted_shim.wsgi.config import ServeOptions
 from twisted_shim.wsgi.loading import load_app
@@ -79,10 +87,16 @@ class Runner:
     """
     One serving process: the L{WSGIServer}, the thread pool, the signals.
     Made after the reactor is installed and the application loaded; SIGTERM
-    (and SIGINT when C{standalone}) stops it gracefully once made.
+    (and SIGINT when C{standalone}) stops it gracefully once made, calling
+    C{on_stop} first. With C{options.max_requests} and C{on_limit}, the
+    application's calls are counted, and C{on_limit} is called with the
+    count once it reaches L{request_limit}.
 
     @ivar server: The L{WSGIServer}.
     @ivar exit_code: What the process exits with once the reactor stopped.
+    @ivar request_limit: The requests after which C{on_limit} is called (0:
+        never).
+    @ivar requests: The requests counted so far (while C{request_limit}).
     """
 
     def __init__(
@@ -95,6 +109,8 @@ class Runner:
         multiprocess: bool,
         on_ready: Callable[[], None],
         standalone: bool,
+        on_limit: Callable[[int], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         from twisted_shim.wsgi.server import WSGIServer
 
@@ -102,6 +118,7 @@ class Runner:
         self._options = options
         self._standalone = standalone
         self._on_ready = on_ready
+        self._on_stop = on_stop
         self._stopping = False
         self._stopped = False
         self._shutdown_started = 0.0
@@ -112,6 +129,13 @@ class Runner:
 
             self._pool = thread_pool(options.threads)
             app = threaded(app, self._pool, reactor)
+        self.requests = 0
+        self.request_limit = 0
+        if options.max_requests > 0 and on_limit is not None:
+            self.request_limit = options.max_requests + random.randint(
+                0, options.max_requests_jitter
+            )
+            app = self._counted(app, on_limit)
         config = replace(
             options.server,
             multiprocess=multiprocess,
@@ -130,6 +154,22 @@ class Runner:
         for sock in sockets:
             self.server.listen(sock)
         reactor.callWhenRunning(self._started)
+
+    def _counted(
+        self, app: WSGIApplication, on_limit: Callable[[int], None]
+    ) -> WSGIApplication:
+        """C{app}, counting its calls (one per request, on the reactor
+        thread); the one that reaches the limit calls C{on_limit}."""
+
+        def counted(
+            environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            self.requests += 1
+            if self.requests == self.request_limit:
+                on_limit(self.requests)
+            return app(environ, start_response)
+
+        return counted
 
     def run(self) -> int:
         """Run the reactor until the server stopped; return the exit status."""
@@ -171,6 +211,8 @@ class Runner:
             return
         self._stopping = True
         self._shutdown_started = time.monotonic()
+        if self._on_stop is not None:
+            self._on_stop()
         if self._standalone:
             say(f"{name}: shutting down (grace {self._options.grace:g} s)")
         self.server.shutdown(self._options.grace).addBoth(self._stop_reactor)
@@ -209,6 +251,7 @@ def serve(options: ServeOptions) -> int:
             multiprocess=False,
             on_ready=ready,
             standalone=True,
+            on_stop=lambda: remove_socket_files(made),
         )
         return runner.run()
     finally:

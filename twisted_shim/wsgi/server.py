@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -34,6 +35,11 @@ __all__ = ["ServerConfig", "WSGIApplication", "WSGIServer"]
 WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _log = Logger()
+
+#: While stopping, how often the host is asked whether the listening
+#: sockets may be closed (the kernel's queue is drained in between, as
+#: connections arrive).
+_STOP_POLL = 0.02
 
 
 class WSGIServer:
@@ -62,6 +68,11 @@ class WSGIServer:
         self.config = config or ServerConfig()
         self._reactor = reactor
         self._sockets: list[socket.socket] = []
+        # L{stop_accepting}: begun; the Deferreds to fire once the sockets
+        # are closed; the next step, while one is due.
+        self._stopping = False
+        self._stop_waiters: list[Deferred[None]] = []
+        self._stop_call: IDelayedCall | None = None
         c = self.config
         body_dir = c.body_dir if c.body_dir is not None else tempfile.gettempdir()
         if not os.path.isdir(body_dir):
@@ -122,12 +133,49 @@ class WSGIServer:
         """Requests whose response is not complete (paused ones included)."""
         return self._core.active()
 
-    def stop_accepting(self) -> None:
-        """Stop accepting new connections; close the listening sockets."""
-        self._core.stop_accepting()
+    def stop_accepting(self) -> Deferred[None]:
+        """
+        Stop accepting new connections without losing one the kernel has
+        completed, then close the listening sockets; the Deferred fires
+        once they are closed (within a second or so).
+
+        New clients get no answer: on TCP the kernel drops their SYNs, they
+        retry, and are refused once the sockets are closed (or reach
+        another worker's socket of the same port). What is queued, and
+        handshakes already under way, are accepted until the queue has
+        stayed empty for a moment; each such connection is served like the
+        others (drained, when L{shutdown} drains).
+        """
+        stopped: Deferred[None] = Deferred()
+        if self._stopping and not self._sockets:
+            stopped.callback(None)
+            return stopped
+        self._stop_waiters.append(stopped)
+        if not self._stopping:
+            self._stopping = True
+            self._step_stop()
+        return stopped
+
+    def _step_stop(self, now: bool = False) -> None:
+        """One step of L{stop_accepting}: again later, until the host lets
+        the listening sockets go (at once if C{now})."""
+        self._stop_call = None
+        if self._sockets and not self._core.stop_accepting(now):
+            self._stop_call = self._reactor.callLater(_STOP_POLL, self._step_stop)
+            return
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _close_listeners(self) -> None:
+        """Stop accepting and close the listening sockets now."""
+        self._stopping = True
+        if self._stop_call is not None:
+            self._stop_call.cancel()
+        self._step_stop(now=True)
 
     def abort(self) -> int:
         """
@@ -135,17 +183,18 @@ class WSGIServer:
         are cut off: their iterables are closed, clients see a reset).
         Returns how many connections there were.
         """
-        self.stop_accepting()
+        self._close_listeners()
         return self._core.abort_all()
 
     def shutdown(self, grace: float = 30.0) -> Deferred[None]:
         """
-        Stop gracefully: stop accepting, answer every request already
-        received or arriving on an open connection (paused ones included;
-        the last response on each connection says C{Connection: close}),
-        close connections once they are quiet between requests, for up to
-        C{grace} seconds, then abort what is left. The Deferred fires when no
-        connection is left.
+        Stop gracefully: stop accepting (L{stop_accepting}), answer every
+        request already received or arriving on an open connection (paused
+        ones included; the last response on each connection says
+        C{Connection: close}), close connections once they are quiet
+        between requests, for up to C{grace} seconds, then abort what is
+        left. The Deferred fires when the listening sockets are closed and
+        no connection is left.
         """
         self.stop_accepting()
         self._core.drain()
@@ -154,11 +203,12 @@ class WSGIServer:
 
         def check() -> None:
             self._core.drain()
-            if self._core.connections() == 0:
+            if self._core.connections() == 0 and not self._sockets:
                 if self._sweeper.running:
                     self._sweeper.stop()
                 done.callback(None)
             elif self._reactor.seconds() >= deadline:
+                self._close_listeners()
                 aborted = self._core.abort_all()
                 _log.warn(
                     "Shutdown grace period over: aborted {n} connections", n=aborted

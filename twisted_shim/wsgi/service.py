@@ -100,9 +100,10 @@ class WSGIService(service.Service):
         server, self.server = self.server, None
         if server is None:
             return succeed(None)
-        d = server.shutdown(self.grace)
+        # New clients of a UNIX socket are refused from now on; those queued
+        # are drained.
         self._remove_socket_files()
-        return d
+        return server.shutdown(self.grace)
 
     def _remove_socket_files(self) -> None:
         remove_socket_files(self._made)

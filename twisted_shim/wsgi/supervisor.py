@@ -1,6 +1,7 @@
 """
-The pre-fork supervisor of C{twisted-shim serve --workers N}: L{Supervisor}
-forks N workers, keeps that many running and stops them gracefully.
+The pre-fork supervisor of C{twisted-shim serve --workers N} (and of any
+C{--max-requests}, even with one worker): L{Supervisor} forks N workers,
+keeps that many running, recycles them, and stops them gracefully.
 
 Each worker installs the reactor, imports the application and listens on
 its own C{SO_REUSEPORT} socket bound to the same address, so the kernel
@@ -10,14 +11,25 @@ way: the supervisor listens on them once and the workers inherit the
 socket. The supervisor replaces a worker that dies (with a growing delay
 while workers fail to start), and on SIGTERM or SIGINT forwards SIGTERM to
 the workers and waits for their graceful shutdown (C{--grace} plus 5 s,
-then SIGKILL).
+then SIGKILL); before that it removes the UNIX socket files, so that new
+clients are refused by the path while the workers drain the queue.
+
+Recycling (C{--max-requests}): a worker that served its limit reports
+C{recycle COUNT} and keeps serving; the supervisor forks its replacement,
+and once that one reports C{ready} (it accepts on its own C{SO_REUSEPORT}
+socket, or on the shared UNIX socket), sends the old one SIGTERM: it stops
+as on any SIGTERM, losing nothing (L{twisted_shim.wsgi.server.WSGIServer.stop_accepting}
+then its drain). A replacement that fails to start is retried with the
+same growing delay as a dead worker's; meanwhile the old worker serves on.
 
 Invariants: the supervisor never installs a reactor or imports the
 application: a forked child must start with neither (the Rust loop's poller
 cannot be shared across a fork); a worker reports C{ready} or
 C{error MESSAGE} on its status pipe, and the supervisor announces
 C{ready} only once every first worker has; a port-0 bind is held (not
-listened on) by the supervisor, so that every worker gets the same port.
+listened on) by the supervisor, so that every worker gets the same port;
+the workers that fill the N places are those neither retiring (sent
+SIGTERM by a recycle) nor a replacement that is not yet ready.
 """
 
 from __future__ import annotations
@@ -99,17 +111,34 @@ def _run_worker(
         multiprocess=True,
         on_ready=lambda: report("ready"),
         standalone=False,
+        on_limit=lambda count: report(f"recycle {count}"),
     )
     return runner.run()
 
 
 @dataclass
 class _Worker:
+    """
+    A forked worker as the supervisor knows it.
+
+    @ivar status: The read end of its status pipe (C{None} once closed).
+    @ivar served: The requests it served when it asked to be recycled, or
+        C{None} if it has not.
+    @ivar replacement: The pid of the worker started to replace it.
+    @ivar replaces: The pid of the worker it replaces, until it is ready.
+    @ivar retire_by: When it was sent SIGTERM to retire, the time
+        (C{time.monotonic}) after which it is killed; else C{None}.
+    """
+
     pid: int
     status: int | None
     buffer: bytes = b""
     ready: bool = False
     error: str | None = None
+    served: int | None = None
+    replacement: int | None = None
+    replaces: int | None = None
+    retire_by: float | None = None
 
 
 def _describe(wait_status: int) -> str:
@@ -264,6 +293,9 @@ class Supervisor:
                 self._failures = 0
             elif text.startswith("error "):
                 worker.error = text[len("error ") :]
+            elif text.startswith("recycle "):
+                count = text[len("recycle ") :]
+                worker.served = int(count) if count.isdigit() else 0
 
     def _reap(self) -> list[tuple[_Worker, int]]:
         dead: list[tuple[_Worker, int]] = []
@@ -373,11 +405,12 @@ class Supervisor:
     def _serve(self) -> int:
         while True:
             now = time.monotonic()
-            timeout: float | None = None
+            due = [w.retire_by for w in self._workers.values() if w.retire_by]
             if self._stopping:
-                timeout = max(0.0, self._deadline - now)
+                due = [self._deadline]
             elif self._respawn_at is not None:
-                timeout = max(0.0, self._respawn_at - now)
+                due.append(self._respawn_at)
+            timeout = max(0.0, min(due) - now) if due else None
             signals = self._wait(timeout)
             for signum in signals:
                 if signum in (signal.SIGTERM, signal.SIGINT):
@@ -398,8 +431,57 @@ class Supervisor:
                 continue
             if self._respawn_at is not None and time.monotonic() >= self._respawn_at:
                 self._respawn_at = None
-                while len(self._workers) < self._wanted:
+                while self._filled() < self._wanted:
                     self._spawn()
+            self._recycle()
+
+    def _filled(self) -> int:
+        """How many of the N places are taken (see the invariants)."""
+        return sum(
+            1
+            for w in self._workers.values()
+            if w.retire_by is None and w.replaces is None
+        )
+
+    def _recycle(self) -> None:
+        """
+        For each worker that asked to be recycled: start its replacement
+        (unless starts are being delayed after failures); once that one is
+        ready, send the old one SIGTERM. Kill a retiring worker still
+        running after C{--grace} plus 5 s.
+        """
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.retire_by is not None:
+                if now >= worker.retire_by:
+                    say(f"worker {worker.pid} still running: killing it")
+                    self._kill(worker.pid, signal.SIGKILL)
+                    worker.retire_by = now + 5.0
+                continue
+            if worker.served is None:
+                continue
+            new = None
+            if worker.replacement is not None:
+                new = self._workers.get(worker.replacement)
+            if new is None:
+                if self._respawn_at is None:
+                    pid = self._spawn()
+                    self._workers[pid].replaces = worker.pid
+                    worker.replacement = pid
+            elif new.ready:
+                new.replaces = None
+                worker.retire_by = now + self._options.grace + 5.0
+                self._kill(worker.pid, signal.SIGTERM)
+                say(
+                    f"worker {worker.pid} served {worker.served} requests"
+                    f" (--max-requests): replaced by worker {new.pid}, stopping"
+                )
+
+    def _kill(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
     def _on_stop_signal(self, name: str) -> None:
         if not self._stopping:
@@ -409,6 +491,9 @@ class Supervisor:
             say(
                 f"{name}: shutting down {len(self._workers)} workers (grace {grace:g} s)"
             )
+            # New clients of a UNIX socket are refused from now on ("no such
+            # file"); those queued are the workers' to accept.
+            remove_socket_files(self._made)
             self._signal_workers(signal.SIGTERM)
             # The workers still hold the UNIX sockets and drain them.
             for sock in self._unix:
@@ -423,6 +508,30 @@ class Supervisor:
         if self._stopping:
             return
         how = _describe(wait_status)
+        if worker.retire_by is not None:
+            if not (os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0):
+                say(f"retired worker {worker.pid} exited ({how})")
+            return
+        old = self._workers.get(worker.replaces) if worker.replaces else None
+        if old is not None:
+            # A replacement that did not get ready: the old worker serves
+            # on, and gets another replacement after the delay.
+            old.replacement = None
+            self._failures += 1
+            delay = min(0.1 * 2 ** (self._failures - 1), 10.0)
+            why = f": {worker.error}" if worker.error is not None else ""
+            say(
+                f"worker {worker.pid}, replacing worker {old.pid}, exited ({how}){why};"
+                f" another in {delay:g} s"
+            )
+            if self._respawn_at is None:
+                self._respawn_at = time.monotonic() + delay
+            return
+        heir = self._workers.get(worker.replacement) if worker.replacement else None
+        if heir is not None:
+            heir.replaces = None  # it takes the place now
+            say(f"worker {worker.pid} exited ({how}); worker {heir.pid} replaces it")
+            return
         if worker.error is not None:
             say(f"worker {worker.pid} failed to start: {worker.error}")
         if worker.ready:
