@@ -13,6 +13,8 @@
 //! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
 //! - [`net`]: socket I/O for protocols native to the loop (accept, reads,
 //!   the `writev`/`sendfile` output queue);
+//! - [`transport`]: stream transports whose bytes move in Rust (`StreamIO`
+//!   under Twisted's TCP connection classes);
 //! - [`http`]: a service-agnostic HTTP/1.1 server, as native handlers;
 //! - [`wsgi`]: the WSGI host, one service on that server: PEP 3333 and the
 //!   pause_output extension.
@@ -29,6 +31,7 @@ mod hooks;
 pub mod http;
 pub mod net;
 pub mod time;
+pub mod transport;
 pub mod twisted;
 pub mod wait;
 pub mod wsgi;
@@ -39,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     time::init_pymodule(m)?;
     event_loop::init_pymodule(m)?;
     wsgi::init_pymodule(m)?;
+    transport::init_pymodule(m)?;
     hooks::init_pymodule(m)?;
     Ok(())
 }

@@ -14,11 +14,14 @@ or C{twist --reactor=rust}.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from twisted.internet import posixbase
+from twisted.internet import error, posixbase
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorFDSet,
@@ -29,12 +32,28 @@ from twisted.logger import Logger
 from zope.interface import classImplements, implementer
 
 from twisted_shim import _core
+from twisted_shim import tcp as _tcp
 
 _log = Logger(namespace="twisted.internet.base")
 
 classImplements(_core.DelayedCall, IDelayedCall)
 
 __all__ = ["RustReactor", "install"]
+
+
+#: The environment variable that chooses the TCP transports: "native" (the
+#: default: twisted_shim.tcp) or "python" (Twisted's own tcp.Server and
+#: tcp.Client, unchanged).
+TRANSPORT_ENV = "TWISTED_SHIM_TRANSPORT"
+
+
+def native_streams() -> bool:
+    """Whether reactors made now use the native TCP transports; a value of
+    L{TRANSPORT_ENV} other than "native" or "python" is an error."""
+    value = os.environ.get(TRANSPORT_ENV, "native")
+    if value not in ("native", "python"):
+        raise ValueError(f"{TRANSPORT_ENV} must be 'native' or 'python', not {value!r}")
+    return value == "native"
 
 
 class _LoopWaker:
@@ -83,6 +102,8 @@ class RustReactor(posixbase.PosixReactorBase):
         self.callFromThread = loop.call_from_thread
         self._continuousPolling = posixbase._ContinuousPolling(self)
         self._wakeupFD: int | None = None
+        #: Whether TCP connections use twisted_shim.tcp's transports.
+        self._native_streams = native_streams()
         posixbase.PosixReactorBase.__init__(self)
 
     # IReactorTime
@@ -167,6 +188,57 @@ class RustReactor(posixbase.PosixReactorBase):
         self._wakeupFD = None
 
     # IReactorFDSet
+
+    # IReactorTCP and IReactorSocket's stream half: Twisted's ports and
+    # connectors, making the transports of twisted_shim.tcp (bytes moved in
+    # Rust), unless TWISTED_SHIM_TRANSPORT=python.
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        if not self._native_streams:
+            return super().listenTCP(port, factory, backlog, interface)
+        p = _tcp.Port(port, factory, backlog, interface, self)
+        p.startListening()
+        return p
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30.0,
+        bindAddress: Any = None,
+    ) -> Any:
+        if not self._native_streams:
+            return super().connectTCP(host, port, factory, timeout, bindAddress)
+        c = _tcp.Connector(host, port, factory, timeout, bindAddress, self)
+        c.connect()
+        return c
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: int, factory: Any
+    ) -> Any:
+        if not self._native_streams or addressFamily == socket.AF_UNIX:
+            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        if addressFamily not in self._supportedAddressFamilies:
+            raise error.UnsupportedAddressFamily(addressFamily)
+        p = _tcp.Port._fromListeningDescriptor(
+            self, fileDescriptor, addressFamily, factory
+        )
+        p.startListening()
+        return p
+
+    def adoptStreamConnection(
+        self, fileDescriptor: int, addressFamily: int, factory: Any
+    ) -> Any:
+        if not self._native_streams or addressFamily == socket.AF_UNIX:
+            return super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+        if addressFamily not in self._supportedAddressFamilies:
+            raise error.UnsupportedAddressFamily(addressFamily)
+        return _tcp.Server._fromConnectedSocket(
+            fileDescriptor, addressFamily, factory, self
+        )
 
     def addReader(self, reader: IReadDescriptor) -> None:
         if not self._loop.add_reader(reader):

@@ -1,0 +1,70 @@
+"""
+TCP transports whose bytes move in Rust, under Twisted's own classes.
+
+L{Server} and L{Client} are Twisted's C{tcp.Server} and C{tcp.Client} with
+L{twisted_shim._core.StreamIO} first in their bases: C{doRead}, C{write},
+C{writeSequence} and C{doWrite} are Rust (one C{recv} into a reusable
+buffer, C{bytes} queued without copying and sent with C{writev}), and
+everything else -- connection state, producers, half-close, TLS,
+C{abortConnection}, C{connectionLost}, logging, addresses -- is Twisted's
+code, unchanged. L{Port} and L{Connector} are Twisted's, making these
+transports. The reactor uses them for C{listenTCP}, C{connectTCP},
+C{adoptStreamPort} and C{adoptStreamConnection} (and so for the endpoints
+and C{listenSSL}/C{connectSSL} built on them), unless the environment sets
+C{TWISTED_SHIM_TRANSPORT=python}.
+
+Invariant: the only send buffer is StreamIO's queue. TLS writes its records
+through L{_RawWrites} (the "bypass" of C{twisted.internet._newtls}), which
+reaches that queue, never C{FileDescriptor}'s list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import _newtls, abstract, tcp
+
+from twisted_shim._core import StreamIO
+
+__all__ = ["Client", "Connector", "Port", "Server"]
+
+
+class _RawWrites:
+    """
+    What TLS writes its records with: the transport's own writes, under the
+    TLS layer (C{_newtls._BypassTLS} calls these with the transport).
+    """
+
+    write = StreamIO._raw_write
+    writeSequence = StreamIO._raw_write_sequence
+    loseConnection = abstract.FileDescriptor.loseConnection
+    registerProducer = abstract.FileDescriptor.registerProducer
+    unregisterProducer = abstract.FileDescriptor.unregisterProducer
+
+
+class _NativeTLS:
+    """C{startTLS} with the bypass that reaches StreamIO's queue."""
+
+    def startTLS(self, ctx: Any, normal: bool = True) -> None:
+        _newtls.startTLS(self, ctx, normal, _RawWrites)
+
+
+class Server(StreamIO, _NativeTLS, tcp.Server):
+    """A connection accepted by a L{Port}."""
+
+
+class Client(StreamIO, _NativeTLS, tcp.Client):
+    """A connection made by a L{Connector}."""
+
+
+class Port(tcp.Port):
+    """C{tcp.Port}, accepting L{Server} connections."""
+
+    transport = Server
+
+
+class Connector(tcp.Connector):
+    """C{tcp.Connector}, connecting with L{Client}."""
+
+    def _makeTransport(self) -> Client:
+        return Client(self.host, self.port, self.bindAddress, self, self.reactor)
