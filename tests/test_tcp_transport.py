@@ -1,0 +1,342 @@
+"""
+Tests for the TCP transports of L{twisted_shim.tcp}: Twisted's C{tcp.Server}
+and C{tcp.Client} with their bytes moved by L{twisted_shim._core.StreamIO}.
+
+Twisted's own suites (C{make conformance}: the ReactorBuilder modules, the
+core TCP tests, treq, twisted.web, txpostgres, txredisapi) run on these
+transports and on Twisted's Python ones; the tests here pin what StreamIO
+itself takes over: the interfaces the transports provide (each checked with
+C{verifyObject}), the switch, C{write}'s checks, producers paused and resumed
+at C{bufferSize}, the end of a connection after its queue drains, and
+half-close. Each test builds its own reactor and drives it a bounded number
+of iterations; a peer is a plain blocking socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import error, interfaces, protocol
+from twisted.internet import tcp as twisted_tcp
+from twisted.python.failure import Failure
+from zope.interface import implementer, providedBy
+from zope.interface.verify import verifyObject
+
+from twisted_shim import tcp as shim_tcp
+from twisted_shim.reactor import TRANSPORT_ENV, RustReactor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Iterations a test may drive before it fails (each returns on any event).
+MAX_ITERATIONS = 2000
+
+
+@pytest.fixture(params=["native", "python"])
+def reactor(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RustReactor]:
+    """A reactor with each kind of transport: the behaviour tests hold for
+    both (Twisted's own transports are the reference)."""
+    monkeypatch.setenv(TRANSPORT_ENV, request.param)
+    r = RustReactor()
+    yield r
+    for sel in r.removeAll():
+        sel.connectionLost(Failure(error.ConnectionDone()))
+
+
+def run_until(reactor: RustReactor, done: Callable[[], bool], what: str) -> None:
+    for _ in range(MAX_ITERATIONS):
+        if done():
+            return
+        reactor.iterate(0.05)
+    raise AssertionError(f"not within {MAX_ITERATIONS} iterations: {what}")
+
+
+class Recorder(protocol.Protocol):
+    """Records what happens to it."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Any = None
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost = reason
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_lost = False
+        self.write_lost = False
+
+    def readConnectionLost(self) -> None:
+        self.read_lost = True
+
+    def writeConnectionLost(self) -> None:
+        self.write_lost = True
+
+
+def accepted(reactor: RustReactor, proto: Recorder) -> tuple[Any, socket.socket]:
+    """Listen, connect a blocking peer, and return (the server-side
+    transport, the peer)."""
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+    run_until(reactor, lambda: proto.made, "the connection accepted")
+    port.stopListening()
+    return proto.transport, peer
+
+
+def receive_all(reactor: RustReactor, peer: socket.socket) -> bytes:
+    """What the peer receives until the end of the stream, iterating the
+    reactor between reads."""
+    got = bytearray()
+    peer.settimeout(0)
+    for _ in range(MAX_ITERATIONS):
+        reactor.iterate(0.01)
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return bytes(got)
+        got += chunk
+    raise AssertionError(f"no end of stream after {len(got)} bytes")
+
+
+def test_transports_are_native_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """listenTCP's port, its connections and connectTCP's transports are
+    twisted_shim.tcp's."""
+    monkeypatch.delenv(TRANSPORT_ENV, raising=False)
+    reactor = RustReactor()
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    assert type(transport) is shim_tcp.Server
+    client = Recorder()
+    factory = protocol.ClientFactory()
+    factory.protocol = lambda: client  # type: ignore[assignment]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    connector = reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory)
+    run_until(reactor, lambda: client.made, "the client connected")
+    assert type(client.transport) is shim_tcp.Client
+    connector.disconnect()
+    listener.close()
+    peer.close()
+    for sel in reactor.removeAll():
+        sel.connectionLost(Failure(error.ConnectionDone()))
+
+
+def test_the_switch_chooses_twisteds_transports() -> None:
+    """With TWISTED_SHIM_TRANSPORT=python the reactor makes Twisted's own
+    tcp.Port and tcp.Connector; any other value than native or python is
+    refused, naming the variable."""
+    code = textwrap.dedent(
+        """
+        from twisted.internet import protocol, tcp
+        from twisted_shim.reactor import RustReactor
+        r = RustReactor()
+        p = r.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
+        print(type(p) is tcp.Port, p.transport is tcp.Server)
+        """
+    )
+    env = {**os.environ, TRANSPORT_ENV: "python"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    env[TRANSPORT_ENV] = "rust"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert TRANSPORT_ENV in out.stderr and "'rust'" in out.stderr
+
+
+def test_interfaces(reactor: RustReactor) -> None:
+    """A transport provides every interface Twisted's tcp.Server provides,
+    and each is verified (methods and attributes, with their signatures)."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    theirs = set(providedBy(object.__new__(twisted_tcp.Server)))
+    ours = set(providedBy(transport))
+    assert theirs <= ours, theirs - ours
+    for iface in [
+        interfaces.ITCPTransport,
+        interfaces.ITransport,
+        interfaces.IConsumer,
+        interfaces.IPushProducer,
+        interfaces.ISystemHandle,
+        interfaces.ILoggingContext,
+        interfaces.IReadWriteDescriptor,
+        interfaces.ITLSTransport,
+    ]:
+        assert iface in ours, iface
+        verifyObject(iface, transport)
+    peer.close()
+
+
+def test_write_checks_its_argument(reactor: RustReactor) -> None:
+    """write() and writeSequence() refuse anything but bytes with
+    Twisted's TypeError, and writeSequence queues nothing when one item is
+    wrong."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    with pytest.raises(TypeError, match="Data must be bytes"):
+        transport.write("text")
+    with pytest.raises(TypeError, match="Data must be bytes"):
+        transport.writeSequence([b"ok", "text"])
+    transport.writeSequence([b"a", b"", b"bc"])
+    transport.write(b"d")
+    transport.loseConnection()
+    assert receive_all(reactor, peer) == b"abcd"
+    peer.close()
+
+
+@implementer(interfaces.IPushProducer)
+class PushProducer:
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+        self.stopped = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        self.stopped += 1
+
+
+def test_streaming_producer_paused_over_buffer_size_and_resumed(
+    reactor: RustReactor,
+) -> None:
+    """A streaming producer is paused when the queue exceeds bufferSize,
+    once, and resumed once the queue is written; stopped when the
+    connection is lost."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    producer = PushProducer()
+    transport.registerProducer(producer, True)
+    transport.write(b"x" * transport.bufferSize)
+    assert producer.paused == 0
+    transport.write(b"y")
+    assert producer.paused == 1
+    assert transport._isSendBufferFull()
+    total = transport.bufferSize + 1
+    got = 0
+    peer.settimeout(0)
+    for _ in range(MAX_ITERATIONS):
+        if got == total:
+            break
+        reactor.iterate(0.01)
+        try:
+            got += len(peer.recv(1 << 20))
+        except BlockingIOError:
+            pass
+    assert got == total
+    run_until(reactor, lambda: producer.resumed == 1, "the producer resumed")
+    assert not transport._isSendBufferFull()
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+    assert producer.stopped == 1
+
+
+def test_pull_producer_asked_each_time_the_queue_drains(reactor: RustReactor) -> None:
+    """A pull producer is asked for more when registered and each time what
+    it gave has been written, as FileDescriptor.doWrite does."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+
+    @implementer(interfaces.IPullProducer)
+    class Pull:
+        calls = 0
+
+        def resumeProducing(self) -> None:
+            self.calls += 1
+            if self.calls <= 3:
+                transport.write(b"%d" % self.calls)
+            else:
+                transport.unregisterProducer()
+
+        def stopProducing(self) -> None:
+            pass
+
+    pull = Pull()
+    transport.registerProducer(pull, False)
+    run_until(reactor, lambda: pull.calls == 4, "the producer asked four times")
+    transport.loseConnection()
+    assert receive_all(reactor, peer) == b"123"
+    peer.close()
+
+
+def test_lose_connection_sends_the_queue_first(reactor: RustReactor) -> None:
+    """loseConnection() after a large write: every byte arrives, then the
+    end of the stream (a write made before the queue drained still goes, as
+    with Twisted's FileDescriptor); the protocol sees ConnectionDone; a
+    write after connectionLost is dropped without an error."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    transport.write(data)
+    transport.loseConnection()
+    transport.write(b"after")
+    assert receive_all(reactor, peer) == data + b"after"
+    run_until(reactor, lambda: proto.lost is not None, "connectionLost")
+    assert proto.lost.check(error.ConnectionDone)
+    transport.write(b"too late")
+    transport.writeSequence([b"too", b"late"])
+    peer.close()
+
+
+def test_half_close(reactor: RustReactor) -> None:
+    """loseWriteConnection(): the peer reads the end of the stream after the
+    queued bytes, the protocol is told writeConnectionLost and still
+    receives; the peer's own end then reaches readConnectionLost."""
+    proto = HalfCloser()
+    transport, peer = accepted(reactor, proto)
+    transport.write(b"last words")
+    transport.loseWriteConnection()
+    run_until(reactor, lambda: proto.write_lost, "writeConnectionLost")
+    got = b""
+    while True:
+        chunk = peer.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    assert got == b"last words"
+    peer.sendall(b"still reading")
+    run_until(
+        reactor, lambda: proto.received == b"still reading", "data after half-close"
+    )
+    peer.shutdown(socket.SHUT_WR)
+    run_until(reactor, lambda: proto.read_lost, "readConnectionLost")
+    peer.close()
