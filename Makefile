@@ -57,12 +57,15 @@ test-pythons: build ## core suites + ReactorBuilder on every other CPython 3.11+
 
 # Twisted's ReactorBuilder suites, then the TCP, reactor and endpoint tests
 # that run on the global reactor, on rust and epoll side by side: each fails
-# on a test that does worse on rust, in outcome or in time.
+# on a test that does worse on rust, in outcome or in time. Last, the
+# ReactorBuilder suites again with Twisted's own TCP transports
+# (TWISTED_SHIM_TRANSPORT=python), so both kinds stay covered.
 CORE_SUITES := twisted.test.test_tcp twisted.test.test_internet twisted.internet.test.test_endpoints
 
 conformance: build ## ReactorBuilder suites and core tests, rust and epoll side by side
 	$(BIN)/python -m conformance.run_builders
 	$(BIN)/python -m conformance.run_full --name core --suite $(CORE_SUITES)
+	TWISTED_SHIM_TRANSPORT=python $(BIN)/python -m conformance.run_builders --only rust
 
 # The whole Twisted suite on rust and epoll (about ten minutes: one trial
 # process each, so that every test's duration is known).

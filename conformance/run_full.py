@@ -117,6 +117,10 @@ def run(
     log = ROOT / f"_trial_temp_{name}_{reactor}.log"
     cmd = [
         sys.executable,
+        # A crash of the trial process (a signal) leaves every thread's
+        # Python stack in the log, so it can be traced to a test.
+        "-X",
+        "faulthandler",
         "-m",
         "twisted.trial",
         f"--reactor={reactor}",

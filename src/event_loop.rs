@@ -230,7 +230,7 @@ impl Loop {
         self.waker.wake().map_err(os_error)
     }
 
-    fn add(&self, py: Python<'_>, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
+    pub(crate) fn add(&self, py: Python<'_>, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         let fd = match fileno_of(sel)? {
             Some(fd) => fd,
             None => {
@@ -252,7 +252,7 @@ impl Loop {
         }
     }
 
-    fn remove(&self, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
+    pub(crate) fn remove(&self, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         // A selectable whose fileno() fails is looked up by identity.
         let fd = fileno_of(sel).unwrap_or(None);
         lock(&self.fds)

@@ -28,6 +28,9 @@
 //! - `doRead`: one `recv` of up to `bufferSize` into a reusable buffer, then
 //!   `protocol.dataReceived(bytes)`; end of stream is `CONNECTION_DONE`, an
 //!   error `CONNECTION_LOST`, `EAGAIN` nothing.
+//! - `startReading`/`stopReading`/`startWriting`/`stopWriting`: straight
+//!   to the loop of a `RustReactor` (what its `addReader` etc. do), through
+//!   the reactor's methods for any other reactor.
 //! - `_isSendBufferFull`, and `dataBuffer`/`_tempDataLen` as read-only
 //!   views (empty bytes / the queued length) for code that inspects them.
 //!
@@ -45,6 +48,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
+use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
 use crate::time::lock;
 use crate::twisted::api;
@@ -104,7 +108,36 @@ impl StreamIO {
             obj.setattr(intern!(py, "producerPaused"), true)?;
             producer.call_method0(intern!(py, "pauseProducing"))?;
         }
-        obj.call_method0(intern!(py, "startWriting"))?;
+        Self::watch(obj, false, true)
+    }
+
+    /// `startReading`/`startWriting` (`add`) and `stopReading`/
+    /// `stopWriting`: the reactor's `addReader` (...) for `self`, called on
+    /// its Rust loop directly when it is ours (what `RustReactor.addReader`
+    /// does, without its two Python frames); through the reactor's method
+    /// otherwise, or when the loop cannot watch the descriptor.
+    fn watch(obj: &Bound<'_, PyAny>, reading: bool, add: bool) -> PyResult<()> {
+        let py = obj.py();
+        let reactor = obj.getattr(intern!(py, "reactor"))?;
+        if let Ok(lp) = reactor.getattr(intern!(py, "_loop")) {
+            if let Ok(lp) = lp.cast::<Loop>() {
+                let lp = lp.get();
+                if add {
+                    if lp.add(py, obj, reading)? {
+                        return Ok(());
+                    }
+                } else if lp.remove(obj, reading)? {
+                    return Ok(());
+                }
+            }
+        }
+        let method = match (reading, add) {
+            (true, true) => intern!(py, "addReader"),
+            (false, true) => intern!(py, "addWriter"),
+            (true, false) => intern!(py, "removeReader"),
+            (false, false) => intern!(py, "removeWriter"),
+        };
+        reactor.call_method1(method, (obj,))?;
         Ok(())
     }
 
@@ -198,6 +231,30 @@ impl StreamIO {
         Self::raw_write_sequence_impl(slf, iovec)
     }
 
+    /// `FileDescriptor.startReading`.
+    #[pyo3(name = "startReading")]
+    fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::watch(slf.as_any(), true, true)
+    }
+
+    /// `FileDescriptor.stopReading`.
+    #[pyo3(name = "stopReading")]
+    fn stop_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::watch(slf.as_any(), true, false)
+    }
+
+    /// `FileDescriptor.startWriting`.
+    #[pyo3(name = "startWriting")]
+    fn start_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::watch(slf.as_any(), false, true)
+    }
+
+    /// `FileDescriptor.stopWriting`.
+    #[pyo3(name = "stopWriting")]
+    fn stop_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::watch(slf.as_any(), false, false)
+    }
+
     /// `IWriteDescriptor.doWrite`.
     #[pyo3(name = "doWrite")]
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -215,7 +272,7 @@ impl StreamIO {
             Ok(true) => {}
         }
         // Everything went: what FileDescriptor.doWrite does then.
-        obj.call_method0(intern!(py, "stopWriting"))?;
+        Self::watch(obj, false, false)?;
         let producer = obj.getattr(intern!(py, "producer"))?;
         if !producer.is_none()
             && (!attr_true(obj, intern!(py, "streamingProducer"))?
