@@ -132,6 +132,13 @@ def block(environ, start_response):
     return text(start_response, "blocked")
 
 
+def gc_state(environ, start_response):
+    import gc
+
+    threshold = gc.get_threshold()[0]
+    return text(start_response, json.dumps([threshold, gc.get_freeze_count() > 0]))
+
+
 def stats(environ, start_response):
     with lock:
         data = {
@@ -226,6 +233,7 @@ ROUTES = {
     "/slow": slow,
     "/block": block,
     "/stats": stats,
+    "/gc": gc_state,
     "/deferred": deferred,
     "/stream": stream,
     "/flood": flood,

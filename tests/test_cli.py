@@ -10,6 +10,7 @@ process group, killed after the test) and talks to it over real sockets.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -348,6 +349,24 @@ def test_app_sees_our_reactor(serve: Servers, workers: str) -> None:
     """
     server = serve("cliapp:application", "--bind", "127.0.0.1:0", "--workers", workers)
     assert get(server.port, "/reactor") == (200, b"twisted_shim.reactor.RustReactor")
+
+
+@pytest.mark.parametrize(
+    ("args", "threshold"),
+    [
+        ((), 50_000),
+        (("--gc-threshold", "0"), 700),
+        (("--gc-threshold", "9000", "--workers", "2"), 9000),
+    ],
+)
+def test_gc_threshold(serve: Servers, args: tuple[str, ...], threshold: int) -> None:
+    """The serving process (each worker) freezes what the application's
+    import left and sets the young generation's threshold: 50,000 by
+    default, Python's own 700 with --gc-threshold 0."""
+    server = serve("cliapp:application", "--bind", "127.0.0.1:0", *args)
+    status, body = get(server.port, "/gc")
+    assert status == 200
+    assert json.loads(body) == [threshold, True]
 
 
 def test_access_log(serve: Servers) -> None:

@@ -29,12 +29,14 @@ from twisted_shim.wsgi.service import WSGIService
 from twisted_shim.wsgi.startup import StartupError
 
 #: What C{serve} has that the plugin leaves to C{twist}/C{twistd}: the
-#: process model (one process under twist) and logging.
+#: process model (one process under twist), the process's garbage collector
+#: (twistd's process may run other services) and logging.
 SERVE_ONLY = {
     "--workers",
     "--max-requests",
     "--max-requests-jitter",
     "--threads",
+    "--gc-threshold",
     "--log-level",
 }
 

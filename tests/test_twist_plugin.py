@@ -156,8 +156,9 @@ def test_help_lists_every_serve_limit() -> None:
     """
     C{twist shim-wsgi --help} lists every option of C{twisted-shim serve}
     but the process model (C{--workers}, C{--max-requests},
-    C{--max-requests-jitter}, C{--threads}) and C{--log-level} (twist's
-    own, given before the plugin's name).
+    C{--max-requests-jitter}, C{--threads}), the process's garbage collector
+    (C{--gc-threshold}) and C{--log-level} (twist's own, given before the
+    plugin's name).
     """
     serve = _flags([sys.executable, "-m", "twisted_shim", "serve", "--help"])
     plugin = _flags([*TWIST, "shim-wsgi", "--help"])
@@ -167,6 +168,7 @@ def test_help_lists_every_serve_limit() -> None:
         "--max-requests",
         "--max-requests-jitter",
         "--threads",
+        "--gc-threshold",
         "--log-level",
     }
 

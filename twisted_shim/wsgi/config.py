@@ -384,6 +384,16 @@ class ServeOptions:
         parse=non_negative_int,
         commands=frozenset({SERVE}),
     )
+    gc_threshold: int = setting(
+        50_000,
+        "--gc-threshold",
+        "allocations between the garbage collector's young collections "
+        "(Python's own default is 700; 0 keeps it); objects made at startup "
+        "are frozen out of collections either way (gc.freeze)",
+        metavar="N",
+        parse=non_negative_int,
+        commands=frozenset({SERVE}),
+    )
     access_log: bool = setting(
         False,
         "--access-log",
