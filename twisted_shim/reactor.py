@@ -33,6 +33,7 @@ from zope.interface import classImplements, implementer
 
 from twisted_shim import _core
 from twisted_shim import tcp as _tcp
+from twisted_shim.resolver import NumericHostResolver
 
 _log = Logger(namespace="twisted.internet.base")
 
@@ -188,6 +189,13 @@ class RustReactor(posixbase.PosixReactorBase):
         self._wakeupFD = None
 
     # IReactorFDSet
+
+    # IReactorPluggableNameResolver: IP literals answered on the loop
+    # (twisted_shim.resolver), other names by Twisted's GAIResolver.
+
+    def _initThreads(self) -> None:
+        super()._initThreads()
+        self.installNameResolver(NumericHostResolver(self, self.nameResolver))
 
     # IReactorTCP and IReactorSocket's stream half: Twisted's ports and
     # connectors, making the transports of twisted_shim.tcp (bytes moved in
