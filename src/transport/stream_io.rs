@@ -25,9 +25,9 @@
 //!   when disconnecting, or the write side is closed
 //!   (`_closeWriteConnection()`), in Twisted's order. A socket error is
 //!   `CONNECTION_LOST`, as `tcp.Connection.writeSomeData` returns it.
-//! - `doRead`: one `recv` of up to `bufferSize` into a reusable buffer, then
-//!   `protocol.dataReceived(bytes)`; end of stream is `CONNECTION_DONE`, an
-//!   error `CONNECTION_LOST`, `EAGAIN` nothing.
+//! - `doRead`: one `recv` of up to `bufferSize` into the process's one read
+//!   buffer, then `protocol.dataReceived(bytes)`; end of stream is
+//!   `CONNECTION_DONE`, an error `CONNECTION_LOST`, `EAGAIN` nothing.
 //! - `startReading`/`stopReading`/`startWriting`/`stopWriting`: straight
 //!   to the loop of a `RustReactor` (what its `addReader` etc. do), through
 //!   the reactor's methods for any other reactor.
@@ -61,8 +61,13 @@ const DEFAULT_BUFFER: usize = 65536;
 #[pyclass(module = "twisted_shim._core", subclass)]
 pub struct StreamIO {
     queue: Mutex<WriteQueue>,
-    rbuf: Mutex<Vec<u8>>,
 }
+
+/// The buffer every transport's `doRead` receives into before the bytes
+/// are copied into the `bytes` object handed to the protocol: one for the
+/// process rather than 64 KiB per connection (reads happen one at a time,
+/// on the reactor thread; the lock is never held across Python code).
+static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 fn must_be_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     data.cast::<PyBytes>()
@@ -197,7 +202,6 @@ impl StreamIO {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         StreamIO {
             queue: Mutex::new(WriteQueue::default()),
-            rbuf: Mutex::new(Vec::new()),
         }
     }
 
@@ -301,8 +305,7 @@ impl StreamIO {
         let fd = fileno(obj)?;
         let size = buffer_size(obj).max(1);
         let data = {
-            let me = slf.borrow();
-            let mut buf = lock(&me.rbuf);
+            let mut buf = lock(&READ_BUFFER);
             buf.clear();
             buf.reserve(size);
             let n = loop {
