@@ -149,6 +149,39 @@ def _blocking_get() -> bytes:
 _clients: dict[tuple[int, bool], tuple[Callable[[str], Any], Callable[[Any], Any]]] = {}
 
 
+def _address_endpoints(reactor: Any) -> Any:
+    """
+    The upstream's endpoints for C{Agent}, as C{http.client} connects for the
+    thread servers: a plain TCP endpoint to the URL's address (the upstream
+    is an IP literal). C{Agent}'s default, C{HostnameEndpoint}, adds Happy
+    Eyeballs (a C{LoopingCall} and a class declared per connection), which
+    took half of the first wave of 5,000 connections in a profile of
+    C{long_wait.py}; a name still gets it (plain HTTP only, as the
+    upstream is). Twisted is imported here: the module also runs on servers
+    without it.
+    """
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        TCP4ClientEndpoint,
+        TCP6ClientEndpoint,
+    )
+    from twisted.web.iweb import IAgentEndpointFactory
+    from zope.interface import implementer
+
+    @implementer(IAgentEndpointFactory)
+    class AddressEndpoints:
+        def endpointForURI(self, uri: Any) -> Any:
+            host = uri.host.decode("ascii")
+            if isIPAddress(host):
+                return TCP4ClientEndpoint(reactor, host, uri.port)
+            if isIPv6Address(host):
+                return TCP6ClientEndpoint(reactor, host, uri.port)
+            return HostnameEndpoint(reactor, host, uri.port)
+
+    return AddressEndpoints()
+
+
 def _client(
     reactor: Any, treq: bool
 ) -> tuple[Callable[[str], Any], Callable[[Any], Any]]:
@@ -169,7 +202,9 @@ def _client(
 
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = MAX_PERSISTENT
-        agent = Agent(reactor, pool=pool)
+        agent = Agent.usingEndpointFactory(
+            reactor, _address_endpoints(reactor), pool=pool
+        )
         if treq:
             from treq import content
             from treq.client import HTTPClient
