@@ -340,3 +340,24 @@ def test_half_close(reactor: RustReactor) -> None:
     peer.shutdown(socket.SHUT_WR)
     run_until(reactor, lambda: proto.read_lost, "readConnectionLost")
     peer.close()
+
+
+def test_get_host_is_stable_and_lost_with_the_connection(reactor: RustReactor) -> None:
+    """getHost() answers the socket's local address, the same each time
+    while connected; once the connection is lost it answers as Twisted's
+    transport does (which has no socket left to ask)."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    host = transport.getHost()
+    assert host == twisted_address(peer.getpeername())
+    assert transport.getHost() == host
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "connectionLost")
+    with pytest.raises(AttributeError):
+        transport.getHost()
+
+
+def twisted_address(sockaddr: tuple[str, int]) -> Any:
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", *sockaddr)
