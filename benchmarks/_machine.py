@@ -1,11 +1,13 @@
 """
-What both benchmark scripts report about the machine and the build, so runs
-can be told apart: the CPU model and the Rust extension's hash and mtime.
+What every benchmark script reports about the machine and the build, so
+runs can be told apart: the CPU model, the Rust extension's hash and mtime,
+the platform and the load when the run began (L{machine_meta}).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import time
 from pathlib import Path
@@ -32,3 +34,15 @@ def core_build() -> str:
     digest = hashlib.sha256(so[0].read_bytes()).hexdigest()[:12]
     mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(so[0].stat().st_mtime))
     return f"{so[0].name} sha256:{digest} built {mtime}Z"
+
+
+def machine_meta() -> dict[str, object]:
+    """The fields every benchmark's JSON and header carry about the machine
+    and the build, taken when a run begins."""
+    return {
+        "core_build": core_build(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_start": os.getloadavg()[0],
+    }

@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -91,7 +90,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _machine import core_build, cpu_model
+from _machine import machine_meta
 from _procs import (
     RssSampler,
     busy_cpu_s,
@@ -471,11 +470,8 @@ def harness(args: argparse.Namespace) -> int:
     ctx = Ctx(gthread_threads=args.gthread_threads)
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": core_build(),
+        **machine_meta(),
         "git": _git_head(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
         "smoke": args.smoke,
         "connections": connections,
         "duration_s": duration,
@@ -487,7 +483,6 @@ def harness(args: argparse.Namespace) -> int:
         "nofile": nofile,
         "servers": {n: SERVERS[n].describe(ctx) for n in names},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg()[0],
     }
     for line in _header(meta):
         print(line)

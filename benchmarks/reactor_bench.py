@@ -96,7 +96,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _machine import core_build, cpu_model
+from _machine import core_build, machine_meta
 from _report import (
     markdown_table,
     plain_table,
@@ -972,16 +972,12 @@ def harness(args: argparse.Namespace) -> int:
     }
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": core_build(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_meta(),
         "quick": args.quick,
         "repeats": args.repeats,
         "statistic": "best",
         "timeout_s": args.timeout,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg()[0],
     }
     for line in _header(meta):
         print(line)

@@ -100,7 +100,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _machine import core_build, cpu_model
+from _machine import machine_meta
 from _report import (
     markdown_table,
     plain_table,
@@ -588,14 +588,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     sizes = SMOKE if args.smoke else FULL
     meta: dict[str, Any] = {
-        "core_build": core_build(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_meta(),
         "python": platform.python_version(),
         "smoke": args.smoke,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg()[0],
         "params": {n: sizes[n] for n in names},
     }
     if (os.cpu_count() or 1) < 2:

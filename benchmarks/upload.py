@@ -65,7 +65,6 @@ import argparse
 import contextlib
 import http.client
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -75,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _machine import core_build, cpu_model
+from _machine import machine_meta
 from _procs import (
     RssSampler,
     busy_cpu_s,
@@ -381,11 +380,8 @@ def harness(args: argparse.Namespace) -> int:
     ctx = Ctx(gthread_threads=GTHREAD_THREADS)
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": core_build(),
+        **machine_meta(),
         "git": _git_head(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
         "smoke": args.smoke,
         "count": count,
         "size_mib": size_mib,
@@ -393,7 +389,6 @@ def harness(args: argparse.Namespace) -> int:
         "client_cpu": cpus[1],
         "rss_limit_mib": args.rss_limit_mib,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg()[0],
     }
     for line in _header(meta):
         print(line)

@@ -155,7 +155,6 @@ import hashlib
 import http.client
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -167,7 +166,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _machine import core_build, cpu_model
+from _machine import machine_meta
 from _procs import (
     LIVE,
     busy_cpu_s,
@@ -1232,11 +1231,8 @@ def harness(args: argparse.Namespace) -> int:
         duration_s = args.duration
     meta: dict[str, Any] = {
         "versions": _versions(),
-        "core_build": core_build(),
+        **machine_meta(),
         "git": _git_head(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
         "quick": args.quick,
         "warmup_s": warmup_s,
         "duration_s": duration_s,
@@ -1248,7 +1244,6 @@ def harness(args: argparse.Namespace) -> int:
         "servers": {s: SERVERS[s].describe(ctx) for s in servers},
         "apps": {a: APPS[a].describe for a in apps},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg()[0],
     }
     for line in _header(meta):
         print(line)
