@@ -50,8 +50,8 @@ pub fn sockaddr_peer(addr: &libc::sockaddr_storage) -> Peer {
     }
 }
 
-/// The local address of a connected or listening socket.
-pub fn local_addr(fd: RawFd) -> Peer {
+/// `getsockname` of `fd`, or `None` if it fails.
+fn sockname(fd: RawFd) -> Option<libc::sockaddr_storage> {
     let mut storage = zeroed_storage();
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: getsockname writes at most `len` bytes into our storage.
@@ -62,10 +62,12 @@ pub fn local_addr(fd: RawFd) -> Peer {
             &mut len,
         )
     };
-    if rc != 0 {
-        return Peer::default();
-    }
-    sockaddr_peer(&storage)
+    (rc == 0).then_some(storage)
+}
+
+/// The local address of a connected or listening socket.
+pub fn local_addr(fd: RawFd) -> Peer {
+    sockname(fd).map_or_else(Peer::default, |s| sockaddr_peer(&s))
 }
 
 /// A connection taken from a listening socket's queue.
@@ -232,17 +234,7 @@ pub fn read_into(
 
 /// Whether `fd` is a TCP socket (IPv4 or IPv6), as opposed to a UNIX one.
 pub fn is_tcp(fd: RawFd) -> bool {
-    let mut storage = zeroed_storage();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into our storage.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && matches!(storage.ss_family as i32, libc::AF_INET | libc::AF_INET6)
+    sockname(fd).is_some_and(|s| matches!(s.ss_family as i32, libc::AF_INET | libc::AF_INET6))
 }
 
 /// `SO_ATTACH_FILTER` (`<asm-generic/socket.h>`; the same number on every
