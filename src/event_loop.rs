@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use polling::Poller;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::calls::ThreadCalls;
@@ -140,7 +140,7 @@ fn os_error(e: std::io::Error) -> PyErr {
 
 /// What `sel.fileno()` says, as Twisted reads it: `None` for -1.
 fn fileno_of(sel: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-    let fd: i64 = sel.call_method0("fileno")?.extract()?;
+    let fd: i64 = sel.call_method0(intern!(sel.py(), "fileno"))?.extract()?;
     if fd == -1 {
         return Ok(None);
     }
@@ -420,9 +420,10 @@ impl Loop {
                 let sel = sel.bind(py);
                 let _ctx = log_context(py, &contexts, sel)?;
                 let why = api.no_filedesc.bind(py);
-                if let Err(e) =
-                    reactor.call_method1("_disconnectSelectable", (sel, why, reg.reading))
-                {
+                if let Err(e) = reactor.call_method1(
+                    intern!(py, "_disconnectSelectable"),
+                    (sel, why, reg.reading),
+                ) {
                     log_err(py, &e, None);
                 }
             }
@@ -459,7 +460,7 @@ impl Loop {
         ready: Vec<Ready>,
         stale: &mut bool,
     ) -> PyResult<()> {
-        let mut contexts: Option<Bound<'_, PyAny>> = None;
+        let mut contexts: Option<Bound<'_, PyList>> = None;
         for (key, r) in ready {
             let snap: Option<Snapshot> = lock(&self.fds).snapshot(py, key);
             let Some(snap) = snap else {
@@ -485,10 +486,10 @@ impl Loop {
 
 fn log_context<'py>(
     py: Python<'py>,
-    contexts: &Bound<'py, PyAny>,
+    contexts: &Bound<'py, PyList>,
     sel: &Bound<'py, PyAny>,
 ) -> PyResult<LogContext<'py>> {
-    let prefix = match sel.call_method0("logPrefix") {
+    let prefix = match sel.call_method0(intern!(py, "logPrefix")) {
         Ok(p) => p,
         Err(e) => {
             let buggy = pyo3::types::PyString::new(py, "(buggy logPrefix method)").into_any();
@@ -503,7 +504,7 @@ fn log_context<'py>(
 fn dispatch_python(
     py: Python<'_>,
     reactor: &Bound<'_, PyAny>,
-    contexts: &Bound<'_, PyAny>,
+    contexts: &Bound<'_, PyList>,
     sel: &Bound<'_, PyAny>,
     snap: &Snapshot,
     r: Readiness,
@@ -537,11 +538,11 @@ fn dispatch_python(
             }
             let mut why = py.None().into_bound(py);
             if readable {
-                why = sel.call_method0("doRead")?;
+                why = sel.call_method0(intern!(py, "doRead"))?;
                 in_read = true;
             }
             if !why.is_truthy()? && writable {
-                why = sel.call_method0("doWrite")?;
+                why = sel.call_method0(intern!(py, "doWrite"))?;
                 in_read = false;
             }
             Ok(why)
@@ -556,7 +557,9 @@ fn dispatch_python(
         }
     };
     if why.is_truthy().unwrap_or(true) {
-        if let Err(e) = reactor.call_method1("_disconnectSelectable", (sel, &why, in_read)) {
+        if let Err(e) =
+            reactor.call_method1(intern!(py, "_disconnectSelectable"), (sel, &why, in_read))
+        {
             log_err(py, &e, None);
         }
     }
@@ -732,9 +735,9 @@ impl Loop {
         self.timers.insert_fresh(py);
         let now = self.timers.now(py)?;
         self.timers.run_due(py, now);
-        if reactor.getattr("_justStopped")?.is_truthy()? {
-            reactor.setattr("_justStopped", false)?;
-            reactor.call_method1("fireSystemEvent", ("shutdown",))?;
+        if reactor.getattr(intern!(py, "_justStopped"))?.is_truthy()? {
+            reactor.setattr(intern!(py, "_justStopped"), false)?;
+            reactor.call_method1(intern!(py, "fireSystemEvent"), (intern!(py, "shutdown"),))?;
         }
         Ok(())
     }

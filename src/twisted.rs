@@ -6,9 +6,10 @@
 //! `Failure` and hands it to `twisted.logger` exactly as Twisted's own
 //! reactors do.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 /// Objects from Twisted and from our Python package, resolved once.
 pub struct Api {
@@ -97,38 +98,50 @@ pub fn log_err(py: Python<'_>, err: &PyErr, system: Option<&Bound<'_, PyAny>>) {
 
 /// A pushed `{"system": prefix}` log context, the native form of
 /// `twisted.python.log.callWithLogger`; popped on drop.
+///
+/// Exactly what Twisted pushes: `log.callWithContext` copies the innermost
+/// `ILogContext` found on the stack (`context.get`), sets `"system"` in the
+/// copy, and `ContextTracker.callWithContext` appends `{ILogContext: copy}`
+/// (it does not copy the dictionaries beneath: lookups walk the stack).
 pub struct LogContext<'py> {
-    contexts: Bound<'py, PyAny>,
+    contexts: Bound<'py, PyList>,
 }
 
 impl<'py> LogContext<'py> {
     /// The context stack of the calling thread (`ContextTracker.contexts`).
-    pub fn stack(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    pub fn stack(py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let api = api(py)?;
-        api.context_tracker
+        Ok(api
+            .context_tracker
             .bind(py)
-            .call_method0("currentContext")?
-            .getattr("contexts")
+            .call_method0(intern!(py, "currentContext"))?
+            .getattr(intern!(py, "contexts"))?
+            .cast_into::<PyList>()?)
     }
 
-    /// Push a copy of the current context whose log context names `system`.
+    /// Push `{ILogContext: {**innermost ILogContext, "system": system}}`.
     pub fn push(
         py: Python<'py>,
-        contexts: &Bound<'py, PyAny>,
+        contexts: &Bound<'py, PyList>,
         system: &Bound<'py, PyAny>,
     ) -> PyResult<Self> {
         let api = api(py)?;
-        let top = contexts.get_item(-1)?;
-        let top = top.cast::<PyDict>()?;
         let ilog = api.ilogcontext.bind(py);
-        let log_ctx = match top.get_item(ilog)? {
+        let mut outer = None;
+        for ctx in contexts.iter().rev() {
+            if let Some(found) = ctx.cast::<PyDict>()?.get_item(ilog)? {
+                outer = Some(found);
+                break;
+            }
+        }
+        let log_ctx = match outer {
             Some(d) => d.cast::<PyDict>()?.copy()?,
             None => PyDict::new(py),
         };
-        log_ctx.set_item("system", system)?;
-        let new = top.copy()?;
+        log_ctx.set_item(intern!(py, "system"), system)?;
+        let new = PyDict::new(py);
         new.set_item(ilog, log_ctx)?;
-        contexts.call_method1("append", (new,))?;
+        contexts.append(new)?;
         Ok(LogContext {
             contexts: contexts.clone(),
         })
@@ -137,8 +150,11 @@ impl<'py> LogContext<'py> {
 
 impl Drop for LogContext<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.contexts.call_method0("pop") {
-            e.write_unraisable(self.contexts.py(), None);
+        let len = self.contexts.len();
+        if len > 0 {
+            if let Err(e) = self.contexts.del_item(len - 1) {
+                e.write_unraisable(self.contexts.py(), None);
+            }
         }
     }
 }

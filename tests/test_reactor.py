@@ -561,6 +561,76 @@ def test_reader_gets_data_then_clean_close(reactor: RustReactor) -> None:
     a.close()
 
 
+class ContextReader(Reader):
+    """A reader that records the log context its doRead and doWrite run in."""
+
+    seen: list[tuple[str, dict, int]]
+
+    def logPrefix(self) -> str:
+        return "ContextReader,7"
+
+    def _record(self, what: str) -> None:
+        from twisted.python import context, log
+
+        self.seen.append(
+            (
+                what,
+                dict(context.get(log.ILogContext)),
+                len(context.theContextTracker.currentContext().contexts),
+            )
+        )
+
+    def doRead(self) -> None:
+        self._record("read")
+        self.reactor.removeReader(self)
+        self.reactor.addWriter(self)
+
+    def doWrite(self) -> None:
+        self._record("write")
+        self.reactor.removeWriter(self)
+
+
+@pytest.mark.parametrize("kind", ["rust", "epoll"])
+def test_callbacks_run_in_twisteds_log_context(kind: str) -> None:
+    """
+    doRead and doWrite run with C{{ILogContext: {..., "system":
+    logPrefix()}}} pushed on the context stack, as Twisted's
+    C{callWithLogger} pushes it: the innermost ILogContext on the stack
+    (not only the top dictionary's) copied with "system" set, other keys
+    kept; one dictionary more on the stack, nothing left on it afterwards.
+    """
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.python import context, log
+
+    r = RustReactor() if kind == "rust" else EPollReactor()
+    a, b = socket.socketpair()
+    reader = ContextReader(r, a)
+    reader.seen = []
+    outer = dict(context.get(log.ILogContext), extra="kept")
+    depth = len(context.theContextTracker.currentContext().contexts)
+
+    def drive() -> None:
+        r.addReader(reader)
+        b.sendall(b"x")
+        for _ in range(20):
+            r.iterate(0.05)
+            if len(reader.seen) == 2:
+                break
+
+    # The innermost dictionary has no ILogContext: it is found beneath.
+    context.call({log.ILogContext: outer}, context.call, {"unrelated": 1}, drive)
+    try:
+        assert [s[0] for s in reader.seen] == ["read", "write"]
+        for _, ctx, inner_depth in reader.seen:
+            assert ctx == dict(outer, system="ContextReader,7")
+            assert inner_depth == depth + 3
+        assert len(context.theContextTracker.currentContext().contexts) == depth
+    finally:
+        r.removeAll()
+        a.close()
+        b.close()
+
+
 def test_fileno_minus_one_is_a_clear_error(reactor: RustReactor) -> None:
     class NoFD(Reader):
         def fileno(self) -> int:
