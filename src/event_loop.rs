@@ -41,6 +41,7 @@ use crate::fdset::{
     readiness_now, FdSet, NativeHandler, Readiness, Registration, Snapshot, Target, Token,
 };
 use crate::time::{lock, DelayedCall, TimerQueue};
+use crate::transport::stream_io::{self, StreamIO};
 use crate::twisted::{api, log_err, log_failure, LogContext};
 use crate::wait::{self, EventBuf, Waker};
 
@@ -489,7 +490,7 @@ fn log_context<'py>(
     contexts: &Bound<'py, PyList>,
     sel: &Bound<'py, PyAny>,
 ) -> PyResult<LogContext<'py>> {
-    let prefix = match sel.call_method0(intern!(py, "logPrefix")) {
+    let prefix = match log_prefix(py, sel) {
         Ok(p) => p,
         Err(e) => {
             let buggy = pyo3::types::PyString::new(py, "(buggy logPrefix method)").into_any();
@@ -500,7 +501,24 @@ fn log_context<'py>(
     LogContext::push(py, contexts, &prefix)
 }
 
+/// `sel.logPrefix()`; for a class that keeps `tcp.Connection.logPrefix`
+/// (which returns `self.logstr`), `sel.logstr` without the Python frame.
+fn log_prefix<'py>(py: Python<'py>, sel: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let name = intern!(py, "logPrefix");
+    if let Ok(method) = sel.get_type().getattr(name) {
+        if method.is(api(py)?.connection_log_prefix.bind(py)) {
+            return sel.getattr(intern!(py, "logstr"));
+        }
+    }
+    sel.call_method0(name)
+}
+
 /// Twisted's `callWithLogger(sel, _doReadOrWrite, sel, fd, event)`, natively.
+///
+/// A native stream transport ([`StreamIO`] with its own `doRead` and
+/// `doWrite`) is called directly, with the descriptor already checked; its
+/// write events first try [`StreamIO::flush_ready`], the part of `doWrite`
+/// that runs no Python code and so needs no log context.
 fn dispatch_python(
     py: Python<'_>,
     reactor: &Bound<'_, PyAny>,
@@ -519,6 +537,17 @@ fn dispatch_python(
     let disconnected = r.hangup || r.error;
     let readable = snap.reading && r.readable;
     let writable = snap.writing && r.writable;
+    let native = StreamIO::native(sel);
+    if let Some(io) = native {
+        if writable && !readable && !disconnected {
+            if let Ok(Some(fd)) = fileno_of(sel) {
+                // An error here is met again, and reported, by doWrite below.
+                if let Ok(true) = StreamIO::flush_ready(io, fd) {
+                    return Ok(());
+                }
+            }
+        }
+    }
     let _ctx = log_context(py, contexts, sel)?;
     let api = api(py)?;
     let mut in_read = false;
@@ -532,17 +561,28 @@ fn dispatch_python(
         }
     } else {
         let attempt = (|| -> PyResult<Bound<'_, PyAny>> {
-            if fileno_of(sel)?.is_none() {
+            let Some(fd) = fileno_of(sel)? else {
                 in_read = false;
                 return Ok(api.no_filedesc.bind(py).clone());
-            }
+            };
             let mut why = py.None().into_bound(py);
             if readable {
-                why = sel.call_method0(intern!(py, "doRead"))?;
+                why = match native {
+                    Some(io) => StreamIO::read_ready(io, fd)?.into_bound(py),
+                    None => sel.call_method0(intern!(py, "doRead"))?,
+                };
                 in_read = true;
             }
             if !why.is_truthy()? && writable {
-                why = sel.call_method0(intern!(py, "doWrite"))?;
+                why = match native {
+                    // doRead ran Python code, which may have closed the
+                    // descriptor: ask again, as doWrite itself would.
+                    Some(io) if readable => {
+                        StreamIO::write_ready(io, stream_io::fileno(sel)?)?.into_bound(py)
+                    }
+                    Some(io) => StreamIO::write_ready(io, fd)?.into_bound(py),
+                    None => sel.call_method0(intern!(py, "doWrite"))?,
+                };
                 in_read = false;
             }
             Ok(why)

@@ -26,6 +26,8 @@ pub struct Api {
     /// `twisted.internet.base.DelayedCall`, whose `debug` flag ours honour.
     pub delayed_call_class: Py<PyAny>,
     pub format_stack: Py<PyAny>,
+    /// `tcp.Connection.logPrefix`, which returns `self.logstr`.
+    pub connection_log_prefix: Py<PyAny>,
 }
 
 static API: PyOnceLock<Api> = PyOnceLock::new();
@@ -41,6 +43,7 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
         let log = py.import("twisted.python.log")?;
         let base = py.import("twisted.internet.base")?;
         let traceback = py.import("traceback")?;
+        let tcp = py.import("twisted.internet.tcp")?;
         Ok(Api {
             already_called: error.getattr("AlreadyCalled")?.unbind(),
             already_cancelled: error.getattr("AlreadyCancelled")?.unbind(),
@@ -54,6 +57,7 @@ pub fn api(py: Python<'_>) -> PyResult<&'static Api> {
             ilogcontext: log.getattr("ILogContext")?.unbind(),
             delayed_call_class: base.getattr("DelayedCall")?.unbind(),
             format_stack: traceback.getattr("format_stack")?.unbind(),
+            connection_log_prefix: tcp.getattr("Connection")?.getattr("logPrefix")?.unbind(),
         })
     })
 }

@@ -361,3 +361,54 @@ def twisted_address(sockaddr: tuple[str, int]) -> Any:
     from twisted.internet.address import IPv4Address
 
     return IPv4Address("TCP", *sockaddr)
+
+
+def test_overridden_doRead_and_doWrite_are_called(reactor: RustReactor) -> None:
+    """The loop calls StreamIO's byte paths directly only where they are
+    the transport's own: a subclass's doRead, an instance's doWrite (as a
+    connecting tcp.Client sets) and a subclass's logPrefix are honoured."""
+    calls: list[str] = []
+    prefixes: list[str] = []
+
+    def record_prefix() -> None:
+        from twisted.python import context, log
+
+        prefixes.append(context.get(log.ILogContext)["system"])
+
+    base: Any = type(accepted(reactor, Recorder())[0])
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        def doRead(self) -> Any:
+            calls.append("read")
+            record_prefix()
+            return super().doRead()
+
+        def logPrefix(self) -> str:
+            return "Counting"
+
+    proto = Recorder()
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port.transport = Counting
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+    run_until(reactor, lambda: proto.made, "the connection accepted")
+    port.stopListening()
+    transport = proto.transport
+    peer.sendall(b"ping")
+    run_until(reactor, lambda: proto.received == b"ping", "ping read")
+    assert calls == ["read"] and prefixes == ["Counting"]
+
+    def instance_doWrite() -> Any:
+        calls.append("write")
+        return type(transport).doWrite(transport)
+
+    transport.doWrite = instance_doWrite  # type: ignore[union-attr]
+    transport.write(b"pong")  # type: ignore[union-attr]
+    run_until(reactor, lambda: "write" in calls, "doWrite called")
+    peer.settimeout(10)
+    assert peer.recv(4) == b"pong"
+    del transport.doWrite  # type: ignore[union-attr]
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+    assert proto.lost.check(error.ConnectionDone)

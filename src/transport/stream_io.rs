@@ -46,7 +46,8 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
@@ -69,6 +70,19 @@ pub struct StreamIO {
 /// on the reactor thread; the lock is never held across Python code).
 static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
+/// `StreamIO.doRead` and `StreamIO.doWrite` as the class holds them.
+static OWN_METHODS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+fn own_methods(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
+    OWN_METHODS.get_or_try_init(py, || {
+        let ty = py.get_type::<StreamIO>();
+        Ok((
+            ty.getattr(intern!(py, "doRead"))?.unbind(),
+            ty.getattr(intern!(py, "doWrite"))?.unbind(),
+        ))
+    })
+}
+
 fn must_be_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     data.cast::<PyBytes>()
         .cloned()
@@ -85,7 +99,8 @@ fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
         .unwrap_or(DEFAULT_BUFFER)
 }
 
-fn fileno(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// `obj.fileno()`, unchecked (-1 after the connection is lost).
+pub(crate) fn fileno(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     obj.call_method0(intern!(obj.py(), "fileno"))?.extract()
 }
 
@@ -158,6 +173,133 @@ impl StreamIO {
             return Ok(Some(obj.getattr(intern!(py, "protocol"))?));
         }
         Ok(None)
+    }
+
+    /// `doWrite` on descriptor `fd` (the loop passes the one it checked).
+    pub(crate) fn write_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let obj = slf.as_any();
+        let flushed = {
+            let me = slf.borrow();
+            let mut q = lock(&me.queue);
+            q.flush(py, fd)
+        };
+        match flushed {
+            Err(_) => return Ok(api(py)?.connection_lost.clone_ref(py)),
+            Ok(false) => return Ok(py.None()),
+            Ok(true) => {}
+        }
+        // Everything went: what FileDescriptor.doWrite does then.
+        Self::watch(obj, false, false)?;
+        let producer = obj.getattr(intern!(py, "producer"))?;
+        if !producer.is_none()
+            && (!attr_true(obj, intern!(py, "streamingProducer"))?
+                || attr_true(obj, intern!(py, "producerPaused"))?)
+        {
+            obj.setattr(intern!(py, "producerPaused"), false)?;
+            producer.call_method0(intern!(py, "resumeProducing"))?;
+        } else if attr_true(obj, intern!(py, "disconnecting"))? {
+            return Ok(obj
+                .call_method0(intern!(py, "_postLoseConnection"))?
+                .unbind());
+        } else if attr_true(obj, intern!(py, "_writeDisconnecting"))? {
+            obj.setattr(intern!(py, "_writeDisconnected"), true)?;
+            return Ok(obj
+                .call_method0(intern!(py, "_closeWriteConnection"))?
+                .unbind());
+        }
+        Ok(py.None())
+    }
+
+    /// The part of `doWrite` that needs no Python code and no log context,
+    /// for the loop to try first: write the queue; `true` when that was all
+    /// `doWrite` had to do (the socket is full, or the queue went and there
+    /// is no producer to resume and no close to finish: then writing
+    /// stops). `false`: call `doWrite` as usual (what is left of it is
+    /// Python code, or the write failed and `doWrite` reports it).
+    pub(crate) fn flush_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<bool> {
+        let py = slf.py();
+        let obj = slf.as_any();
+        let flushed = {
+            let me = slf.borrow();
+            let mut q = lock(&me.queue);
+            q.flush(py, fd)
+        };
+        match flushed {
+            Err(_) => return Ok(false),
+            Ok(false) => return Ok(true),
+            Ok(true) => {}
+        }
+        if !obj.getattr(intern!(py, "producer"))?.is_none()
+            || attr_true(obj, intern!(py, "disconnecting"))?
+            || attr_true(obj, intern!(py, "_writeDisconnecting"))?
+        {
+            return Ok(false);
+        }
+        Self::watch(obj, false, false)?;
+        Ok(true)
+    }
+
+    /// `doRead` on descriptor `fd` (the loop passes the one it checked).
+    pub(crate) fn read_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let obj = slf.as_any();
+        let size = buffer_size(obj).max(1);
+        let data = {
+            let mut buf = lock(&READ_BUFFER);
+            buf.clear();
+            buf.reserve(size);
+            let n = loop {
+                // SAFETY: reads at most `size` bytes into the spare capacity
+                // reserved just above; the length is set to what was read.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size, 0) };
+                if n >= 0 {
+                    break n as usize;
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(py.None()),
+                    _ => return Ok(api(py)?.connection_lost.clone_ref(py)),
+                }
+            };
+            if n == 0 {
+                return Ok(api(py)?.connection_done.clone_ref(py));
+            }
+            // SAFETY: the kernel wrote `n` bytes at the start of the buffer.
+            unsafe { buf.set_len(n) };
+            PyBytes::new(py, &buf)
+        };
+        obj.getattr(intern!(py, "protocol"))?
+            .call_method1(intern!(py, "dataReceived"), (data,))?;
+        Ok(py.None())
+    }
+
+    /// `sel` as a `StreamIO` whose `doRead` and `doWrite` are this class's
+    /// own, for the loop to call directly: not overridden by a subclass,
+    /// nor on the instance (a connecting `tcp.Client` sets both to
+    /// `doConnect` until the connection is made).
+    pub(crate) fn native<'a, 'py>(sel: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Self>> {
+        let io = sel.cast::<Self>().ok()?;
+        let py = sel.py();
+        let (read, write) = own_methods(py).ok()?;
+        let (do_read, do_write) = (intern!(py, "doRead"), intern!(py, "doWrite"));
+        let ty = sel.get_type();
+        let same = |name, mine: &Py<PyAny>| {
+            ty.getattr(name)
+                .map(|m| m.is(mine.bind(py)))
+                .unwrap_or(false)
+        };
+        if !(same(do_read, read) && same(do_write, write)) {
+            return None;
+        }
+        if let Ok(dict) = sel.getattr(intern!(py, "__dict__")) {
+            let dict = dict.cast::<PyDict>().ok()?;
+            if dict.contains(do_read).ok()? || dict.contains(do_write).ok()? {
+                return None;
+            }
+        }
+        Some(io)
     }
 
     /// `FileDescriptor.write` without the TLS routing.
@@ -262,76 +404,13 @@ impl StreamIO {
     /// `IWriteDescriptor.doWrite`.
     #[pyo3(name = "doWrite")]
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let obj = slf.as_any();
-        let fd = fileno(obj)?;
-        let flushed = {
-            let me = slf.borrow();
-            let mut q = lock(&me.queue);
-            q.flush(py, fd)
-        };
-        match flushed {
-            Err(_) => return Ok(api(py)?.connection_lost.clone_ref(py)),
-            Ok(false) => return Ok(py.None()),
-            Ok(true) => {}
-        }
-        // Everything went: what FileDescriptor.doWrite does then.
-        Self::watch(obj, false, false)?;
-        let producer = obj.getattr(intern!(py, "producer"))?;
-        if !producer.is_none()
-            && (!attr_true(obj, intern!(py, "streamingProducer"))?
-                || attr_true(obj, intern!(py, "producerPaused"))?)
-        {
-            obj.setattr(intern!(py, "producerPaused"), false)?;
-            producer.call_method0(intern!(py, "resumeProducing"))?;
-        } else if attr_true(obj, intern!(py, "disconnecting"))? {
-            return Ok(obj
-                .call_method0(intern!(py, "_postLoseConnection"))?
-                .unbind());
-        } else if attr_true(obj, intern!(py, "_writeDisconnecting"))? {
-            obj.setattr(intern!(py, "_writeDisconnected"), true)?;
-            return Ok(obj
-                .call_method0(intern!(py, "_closeWriteConnection"))?
-                .unbind());
-        }
-        Ok(py.None())
+        Self::write_ready(slf, fileno(slf.as_any())?)
     }
 
     /// `IReadDescriptor.doRead`, as `tcp.Connection.doRead`.
     #[pyo3(name = "doRead")]
     fn do_read(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let obj = slf.as_any();
-        let fd = fileno(obj)?;
-        let size = buffer_size(obj).max(1);
-        let data = {
-            let mut buf = lock(&READ_BUFFER);
-            buf.clear();
-            buf.reserve(size);
-            let n = loop {
-                // SAFETY: reads at most `size` bytes into the spare capacity
-                // reserved just above; the length is set to what was read.
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size, 0) };
-                if n >= 0 {
-                    break n as usize;
-                }
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(py.None()),
-                    _ => return Ok(api(py)?.connection_lost.clone_ref(py)),
-                }
-            };
-            if n == 0 {
-                return Ok(api(py)?.connection_done.clone_ref(py));
-            }
-            // SAFETY: the kernel wrote `n` bytes at the start of the buffer.
-            unsafe { buf.set_len(n) };
-            PyBytes::new(py, &buf)
-        };
-        obj.getattr(intern!(py, "protocol"))?
-            .call_method1(intern!(py, "dataReceived"), (data,))?;
-        Ok(py.None())
+        Self::read_ready(slf, fileno(slf.as_any())?)
     }
 
     #[pyo3(name = "_isSendBufferFull")]
