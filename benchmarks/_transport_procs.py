@@ -28,28 +28,29 @@ from pathlib import Path
 from typing import IO
 
 HERE = Path(__file__).resolve().parent
-C_SOURCE = HERE / "c" / "echo_epoll.c"
+C_DIR = HERE / "c"
 BUILD_DIR = HERE / "build"
 PEERS = HERE / "_twisted_peers.py"
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
-CLIENT_REACTOR = "rust"
 START_TIMEOUT_S = 30.0
 
 Params = dict[str, int]
 
 
-def build_echo() -> Path:
-    """The C echo server, compiled again if its source changed."""
-    digest = hashlib.sha256(C_SOURCE.read_bytes()).hexdigest()
-    binary = BUILD_DIR / "echo_epoll"
-    stamp = BUILD_DIR / "echo_epoll.sha256"
+def build_c(name: str) -> Path:
+    """C{benchmarks/c/NAME.c} compiled into C{benchmarks/build/NAME}, again
+    whenever the source's SHA-256 differs from the one it was built from."""
+    source = C_DIR / f"{name}.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    binary = BUILD_DIR / name
+    stamp = BUILD_DIR / f"{name}.sha256"
     if binary.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return binary
     BUILD_DIR.mkdir(exist_ok=True)
-    cmd = ["cc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE)]
-    print("building the C floor:", " ".join(cmd), flush=True)
+    cmd = ["cc", "-O2", "-Wall", "-o", str(binary), str(source)]
+    print(f"building {name}:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     stamp.write_text(digest + "\n")
     return binary
@@ -180,19 +181,19 @@ def start_server(kind: str, role: str = "echo") -> tuple[Proc, int]:
     """Server C{kind} (c, rust, epoll) on CPU 0; the process and its port."""
     pin = ["taskset", "-c", SERVER_CPU]
     if kind == "c":
-        proc = Proc([*pin, str(build_echo())])
+        proc = Proc([*pin, str(build_c("echo_epoll"))])
         return proc, int(proc.expect("", START_TIMEOUT_S))
     proc = Proc([*pin, sys.executable, str(PEERS), role, "--reactor", kind])
     return proc, int(proc.expect("@@PORT ", START_TIMEOUT_S))
 
 
 def start_client(port: int, p: Params) -> Proc:
-    """The ping-pong client on CPU 1, connected and warmed up."""
+    """The ping-pong client (C{benchmarks/c/pingpong_client.c}) on CPU 1,
+    connected and warmed up."""
     proc = Proc(
         [
-            *("taskset", "-c", CLIENT_CPU, sys.executable, str(PEERS), "pingpong"),
-            *("--reactor", CLIENT_REACTOR, "--port", str(port)),
-            *("--conns", str(p["conns"]), "--trips", str(p["trips"])),
+            *("taskset", "-c", CLIENT_CPU, str(build_c("pingpong_client"))),
+            *(str(port), str(p["conns"]), str(p["trips"])),
         ]
     )
     proc.expect("@@READY", START_TIMEOUT_S + p["trips"] / 1000)

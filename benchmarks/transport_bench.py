@@ -11,11 +11,11 @@ Why a second script
 -------------------
 C{reactor_bench.py} runs client and server in one Twisted process on one
 core, so it can only compare reactors with each other. What issue 11 adds
-needs a server that is not Twisted (the C floor), a client that is not
-(wrk), and a tracer attached to the server alone (strace): here every
+needs a server that is not Twisted (the C floor), clients that are not
+(wrk, a C ping-pong client), and a tracer attached to the server alone (strace): here every
 server is a process of its own, started under C{taskset -c 0}, and its
 load comes from another process under C{taskset -c 1}. The Twisted code
-(the echo protocol, the ping-pong client) is C{reactor_bench.py}'s,
+(the echo protocol) is C{reactor_bench.py}'s,
 imported by C{_twisted_peers.py} (the Twisted processes);
 C{_transport_procs.py} starts and stops the processes and reads their CPU
 time and memory; this file has the benchmarks and the report.
@@ -39,8 +39,10 @@ Servers
 Benchmarks (full size; C{--smoke} runs small ones to check the harness)
 -----------------------------------------------------------------------
 ``pingpong_floor``
-    The C{tcp_pingpong} client (C{_twisted_peers.py pingpong}, on the rust
-    reactor whatever the server, so only the server changes) opens 100
+    The ping-pong client, C{benchmarks/c/pingpong_client.c} (the same
+    protocol and output as C{_twisted_peers.py pingpong}; in C because
+    the Twisted client needs more CPU per round trip than the servers it
+    measures, so with it the rate was the client's), opens 100
     connections to the server and runs a warm-up, then 3 rallies of
     100,000 round trips of 64 bytes. Rate: round trips per second, best of
     3. The server's CPU time over the rally (the sum of its threads'
