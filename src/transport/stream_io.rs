@@ -17,8 +17,9 @@
 //!   routing in front of them): `TypeError("Data must be bytes")` for
 //!   anything else; nothing after the connection ended or the write side
 //!   closed; the `bytes` objects are queued, not copied or joined; a
-//!   streaming producer is paused when the queue exceeds `bufferSize`; then
-//!   `startWriting()`.
+//!   streaming producer is paused when the queue exceeds `bufferSize` (or,
+//!   on a UNIX transport, too many descriptors wait: [`super::unix_io`]);
+//!   then `startWriting()`.
 //! - `doWrite`: `writev` of the queue until it is empty or the socket is
 //!   full (Twisted sends one `SEND_LIMIT` slice per call); when empty:
 //!   `stopWriting()`, then a producer is resumed, or `_postLoseConnection()`
@@ -48,6 +49,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
+use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
 use crate::time::lock;
@@ -60,14 +62,14 @@ const DEFAULT_BUFFER: usize = 65536;
 
 #[pyclass(module = "twisted_shim._core", subclass)]
 pub struct StreamIO {
-    queue: Mutex<WriteQueue>,
+    pub(crate) queue: Mutex<WriteQueue>,
 }
 
 /// The buffer every transport's `doRead` receives into before the bytes
 /// are copied into the `bytes` object handed to the protocol: one for the
 /// process rather than 64 KiB per connection (reads happen one at a time,
 /// on the reactor thread; the lock is never held across Python code).
-static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+pub(crate) static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 fn must_be_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     data.cast::<PyBytes>()
@@ -79,13 +81,13 @@ fn attr_true(obj: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) ->
     obj.getattr(name)?.is_truthy()
 }
 
-fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
+pub(crate) fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
     obj.getattr(intern!(obj.py(), "bufferSize"))
         .and_then(|v| v.extract::<usize>())
         .unwrap_or(DEFAULT_BUFFER)
 }
 
-fn fileno(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+pub(crate) fn fileno(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     obj.call_method0(intern!(obj.py(), "fileno"))?.extract()
 }
 
@@ -104,11 +106,12 @@ impl StreamIO {
             }
             q.bytes
         };
-        // _maybePauseProducer
+        // _maybePauseProducer (a UNIX transport's buffer is full of
+        // descriptors too)
         let producer = obj.getattr(intern!(py, "producer"))?;
         if !producer.is_none()
             && attr_true(obj, intern!(py, "streamingProducer"))?
-            && queued > buffer_size(obj)
+            && (queued > buffer_size(obj) || unix_io::descriptors_full(obj)?)
         {
             obj.setattr(intern!(py, "producerPaused"), true)?;
             producer.call_method0(intern!(py, "pauseProducing"))?;
@@ -199,7 +202,7 @@ impl StreamIO {
 impl StreamIO {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+    pub(crate) fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         StreamIO {
             queue: Mutex::new(WriteQueue::default()),
         }
@@ -261,7 +264,7 @@ impl StreamIO {
 
     /// `IWriteDescriptor.doWrite`.
     #[pyo3(name = "doWrite")]
-    fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = slf.as_any();
         let fd = fileno(obj)?;
@@ -335,7 +338,7 @@ impl StreamIO {
     }
 
     #[pyo3(name = "_isSendBufferFull")]
-    fn is_send_buffer_full(slf: &Bound<'_, Self>) -> bool {
+    pub(crate) fn is_send_buffer_full(slf: &Bound<'_, Self>) -> bool {
         let queued = lock(&slf.borrow().queue).bytes;
         queued > buffer_size(slf.as_any())
     }
