@@ -115,8 +115,10 @@ enum Sent {
     All,
     /// The socket is full: try again when it is writable.
     Blocked,
-    /// The connection is over, for this reason.
-    Failed(Py<PyAny>),
+    /// More descriptors than bytes to carry them: `FileDescriptorOverrun`.
+    Overrun,
+    /// `sendmsg` failed otherwise: `CONNECTION_LOST`.
+    Lost,
 }
 
 /// `sendmsg` of one byte with `fd` in an `SCM_RIGHTS` message.
@@ -269,22 +271,20 @@ fn control_messages(control: &mut ControlBuffer, len: usize) -> Vec<ControlMessa
 }
 
 impl UnixStreamIO {
-    /// Send the queued descriptors, each with the next queued byte.
-    fn send_descriptors(slf: &Bound<'_, Self>) -> PyResult<Sent> {
+    /// Send the queued descriptors, each with the next queued byte. No
+    /// Python code runs here: the locks are held throughout.
+    fn send_descriptors(slf: &Bound<'_, Self>, sock: RawFd) -> Sent {
         let py = slf.py();
-        let sock = fileno(slf.as_any())?;
         let me = slf.borrow();
         let mut fds = lock(&me.fds);
         let mut queue = lock(&me.as_super().queue);
         // As Twisted: more descriptors than bytes to carry them is an error.
         if fds.len() > queue.bytes {
-            drop((fds, queue));
-            return Ok(Sent::Failed(overrun(py)?));
+            return Sent::Overrun;
         }
         while let Some(&fd) = fds.front() {
             let Some(byte) = queue.first_byte(py) else {
-                drop((fds, queue));
-                return Ok(Sent::Failed(overrun(py)?));
+                return Sent::Overrun;
             };
             match send_with_descriptor(sock, byte, fd) {
                 Ok(()) => {
@@ -295,12 +295,12 @@ impl UnixStreamIO {
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.raw_os_error() == Some(libc::ENOBUFS) =>
                 {
-                    return Ok(Sent::Blocked);
+                    return Sent::Blocked;
                 }
-                Err(_) => return Ok(Sent::Failed(api(py)?.connection_lost.clone_ref(py))),
+                Err(_) => return Sent::Lost,
             }
         }
-        Ok(Sent::All)
+        Sent::All
     }
 
     /// Hand each control message to Twisted's handling, in order. If one
@@ -378,10 +378,13 @@ impl UnixStreamIO {
     #[pyo3(name = "doWrite")]
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         if !lock(&slf.borrow().fds).is_empty() {
-            match Self::send_descriptors(slf)? {
+            let py = slf.py();
+            let sock = fileno(slf.as_any())?;
+            match Self::send_descriptors(slf, sock) {
                 Sent::All => {}
-                Sent::Blocked => return Ok(slf.py().None()),
-                Sent::Failed(why) => return Ok(why),
+                Sent::Blocked => return Ok(py.None()),
+                Sent::Overrun => return overrun(py),
+                Sent::Lost => return Ok(api(py)?.connection_lost.clone_ref(py)),
             }
         }
         StreamIO::do_write(slf.as_super())
@@ -424,4 +427,87 @@ impl UnixStreamIO {
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<UnixStreamIO>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socketpair() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        (fds[0], fds[1])
+    }
+
+    fn identity(fd: RawFd) -> (u64, u64) {
+        // SAFETY: all zeroes is a valid stat; fstat fills it for an open
+        // descriptor.
+        let mut st: libc::stat = unsafe { mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        (st.st_dev, st.st_ino)
+    }
+
+    fn close(fd: RawFd) {
+        // SAFETY: the test owns `fd`.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn a_descriptor_travels_with_its_byte() {
+        let (a, b) = socketpair();
+        let (r, w) = socketpair();
+        send_with_descriptor(a, b'x', r).unwrap();
+        let mut buf = Vec::new();
+        let mut control: ControlBuffer = [MaybeUninit::uninit(); CONTROL_SPACE.div_ceil(8)];
+        let (n, len) = recv_with_control(b, &mut buf, 16, &mut control).unwrap();
+        assert_eq!((n, &buf[..]), (1, &b"x"[..]));
+        let messages = control_messages(&mut control, len);
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].is_rights());
+        let got: Vec<RawFd> = messages[0].descriptors().collect();
+        assert_eq!(got.len(), 1);
+        assert_ne!(got[0], r);
+        assert_eq!(identity(got[0]), identity(r));
+        messages[0].close_descriptors();
+        for fd in [a, b, r, w] {
+            close(fd);
+        }
+    }
+
+    #[test]
+    fn plain_bytes_bring_no_control_data() {
+        let (a, b) = socketpair();
+        // SAFETY: writes 3 bytes from a live buffer.
+        assert_eq!(unsafe { libc::write(a, b"abc".as_ptr().cast(), 3) }, 3);
+        let mut buf = Vec::new();
+        let mut control: ControlBuffer = [MaybeUninit::uninit(); CONTROL_SPACE.div_ceil(8)];
+        let (n, len) = recv_with_control(b, &mut buf, 16, &mut control).unwrap();
+        assert_eq!((n, len), (3, 0));
+        assert!(control_messages(&mut control, len).is_empty());
+        close(a);
+        close(b);
+    }
+
+    #[test]
+    fn a_cut_message_keeps_whole_descriptors_only() {
+        // A header announcing three descriptors, of which the buffer holds
+        // one and a half.
+        let mut control: ControlBuffer = [MaybeUninit::new(0); CONTROL_SPACE.div_ceil(8)];
+        // SAFETY: arithmetic only.
+        let header = unsafe { libc::CMSG_LEN(0) } as usize;
+        // SAFETY: the buffer is larger than a header and aligned for it.
+        unsafe {
+            let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+            (*cmsg).cmsg_len = libc::CMSG_LEN(12) as _;
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            let data = control.as_mut_ptr().cast::<u8>().add(header);
+            ptr::copy_nonoverlapping(7i32.to_ne_bytes().as_ptr(), data, 4);
+        }
+        let messages = control_messages(&mut control, header + 6);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].descriptors().collect::<Vec<_>>(), vec![7]);
+    }
 }
