@@ -40,7 +40,8 @@
 //! Invariants: every queued descriptor is sent with a byte still in the
 //! queue when it goes (so `len(_sendmsgQueue)` never exceeds the queued
 //! bytes once `doWrite` has run without an overrun); a received descriptor
-//! is handed to Twisted's code or closed, never dropped. The locks are
+//! is handed to Twisted's code or closed, never dropped (when that code
+//! raises, the descriptors of the messages after it are closed). The locks are
 //! never held across a Python call (reactor thread, GIL held).
 //!
 //! The loop calls `doRead`/`doWrite` by name, so these override
