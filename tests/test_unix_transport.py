@@ -780,3 +780,51 @@ def test_adopted_port(reactor: RustReactor, path: str) -> None:
     run_until(reactor, lambda: proto.received == b"ping", "the bytes")
     port.stopListening()
     peer.close()
+
+
+@pytest.mark.parametrize("receives", [True, False], ids=["receiver", "non-receiver"])
+def test_descriptors_between_two_transports(
+    reactor: RustReactor, path: str, receives: bool
+) -> None:
+    """A server transport sends several descriptors, then bytes, to a
+    client transport of the same reactor: a receiving client gets each
+    (the same files) before the byte it came with; any other client's
+    copies are closed (a pipe's write end sent and closed here leaves no
+    writer), and it still gets the bytes."""
+    server = Recorder()
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: server  # type: ignore[assignment]
+    port = reactor.listenUNIX(path, factory)
+    client = Receiver() if receives else Recorder()
+    cfactory = protocol.ClientFactory()
+    cfactory.protocol = lambda: client  # type: ignore[assignment]
+    reactor.connectUNIX(path, cfactory)
+    run_until(reactor, lambda: server.made and client.made, "both ends connected")
+    port.stopListening()
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        for _, w in pipes:
+            server.transport.sendFileDescriptor(w)
+        server.transport.write(b"abc")
+        server.transport.write(b"def")
+        run_until(reactor, lambda: client.received == b"abcdef", "the bytes")
+        sent = [identity(w) for _, w in pipes]
+        for _, w in pipes:
+            os.close(w)
+        if receives:
+            # Each descriptor came with one byte, before it.
+            flat = "".join(
+                e.decode() if isinstance(e, bytes) else "F" for e in client.events
+            )
+            assert flat == "FaFbFcdef"
+            assert [identity(fd) for fd in client.fds] == sent
+            for fd in client.fds:
+                os.close(fd)
+        for r, _ in pipes:
+            os.set_blocking(r, False)
+            assert os.read(r, 1) == b""
+    finally:
+        for r, _ in pipes:
+            os.close(r)
+    server.transport.loseConnection()
+    run_until(reactor, lambda: client.lost is not None, "the client's end")
