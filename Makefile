@@ -60,7 +60,7 @@ test-pythons: build ## core suites + ReactorBuilder on every other CPython 3.11+
 # on a test that does worse on rust, in outcome or in time. Last, the
 # ReactorBuilder suites again with Twisted's own TCP transports
 # (TWISTED_SHIM_TRANSPORT=python), so both kinds stay covered.
-CORE_SUITES := twisted.test.test_tcp twisted.test.test_internet twisted.internet.test.test_endpoints
+CORE_SUITES := twisted.test.test_tcp twisted.test.test_unix twisted.test.test_internet twisted.internet.test.test_endpoints
 
 conformance: build ## ReactorBuilder suites and core tests, rust and epoll side by side
 	$(BIN)/python -m conformance.run_builders

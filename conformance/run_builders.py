@@ -2,7 +2,7 @@
 Run Twisted's ReactorBuilder suites on our reactor and on EPollReactor, side
 by side, and compare.
 
-    python -m conformance.run_builders [--only rust|epoll] [--log FILE]
+    python -m conformance.run_builders [--only rust|epoll] [--module test_unix ...] [--log FILE]
 
 Prints a table (one row per Twisted test module: passed/failed/skipped on
 each reactor), every difference between the two, and last a line
@@ -76,12 +76,16 @@ def install_global_reactor() -> None:
 
 
 def run(
-    reactors: Iterable[str], log: Path, only: Iterable[str] | None = None
+    reactors: Iterable[str],
+    log: Path,
+    only: Iterable[str] | None = None,
+    modules: Iterable[str] | None = None,
 ) -> tuple[Outcomes, Durations]:
     """
     Run the generated classes for C{reactors} under trial, in this process
     (L{install_global_reactor} first). With C{only} (neutral test ids), run
-    just those tests.
+    just those tests; with C{modules} (Twisted's short module names, such as
+    C{test_unix}), just the builders of those modules.
 
     @return: reactor name -> neutral test id -> outcome (C{pass}, C{fail},
         C{error}, C{skip}, C{xfail}, C{xpass}); and reactor name -> neutral
@@ -133,13 +137,16 @@ def run(
     from conformance import builders
 
     wanted = {builders.SUFFIX[r] for r in reactors}
+    chosen = None if modules is None else set(modules)
     loader = runner.TestLoader()
     if only is None:
         suite = loader.suiteFactory(
             [
                 loader.loadClass(cls)
                 for name, cls in sorted(vars(builders).items())
-                if isinstance(cls, type) and any(name.endswith("_" + w) for w in wanted)
+                if isinstance(cls, type)
+                and any(name.endswith("_" + w) for w in wanted)
+                and (chosen is None or getattr(cls, "_twistedModule", None) in chosen)
             ]
         )
     else:
@@ -304,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["rust", "epoll"], help="run one reactor")
     parser.add_argument(
+        "--module",
+        action="append",
+        dest="modules",
+        metavar="NAME",
+        help="run only this Twisted test module's builders (test_unix, ...); repeatable",
+    )
+    parser.add_argument(
         "--log",
         type=Path,
         default=HERE.parent / "_trial_temp_builders.log",
@@ -314,7 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONPATH", str(HERE.parent))
     reactors = [args.only] if args.only else ["rust", "epoll"]
     install_global_reactor()
-    outcomes, durations = run(reactors, args.log)
+    if args.modules:
+        from conformance.builders import MODULES
+
+        known = {m.rsplit(".", 1)[-1] for m in MODULES}
+        unknown = set(args.modules) - known
+        if unknown:
+            parser.error(f"unknown module(s) {sorted(unknown)}; known: {sorted(known)}")
+    outcomes, durations = run(reactors, args.log, modules=args.modules)
     print(f"trial log: {args.log}")
     slow = time_report(durations, outcomes, args.log)
     return report(outcomes, load_expected(), slow)

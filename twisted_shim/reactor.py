@@ -6,7 +6,9 @@ it in for the global reactor) that owns a L{twisted_shim._core.Loop}. The
 loop, the timers, the file-descriptor set and the C{callFromThread} queue are
 Rust; everything Twisted builds above a poll-like reactor (TCP, UDP, UNIX,
 TLS, processes, the thread pool, the resolver, signals, system events) is
-Twisted's own code, unmodified, running on it.
+Twisted's own code running on it, unmodified but for the bytes of stream
+connections: TCP and UNIX transports are Twisted's classes with their
+reads and writes in Rust (L{twisted_shim.tcp}, L{twisted_shim.unix}).
 
 Install it with L{install}, C{installReactor("rust")}, C{trial --reactor=rust}
 or C{twist --reactor=rust}.
@@ -33,6 +35,7 @@ from zope.interface import classImplements, implementer
 
 from twisted_shim import _core
 from twisted_shim import tcp as _tcp
+from twisted_shim import unix as _unix
 from twisted_shim.resolver import NumericHostResolver
 
 _log = Logger(namespace="twisted.internet.base")
@@ -42,14 +45,14 @@ classImplements(_core.DelayedCall, IDelayedCall)
 __all__ = ["RustReactor", "install"]
 
 
-#: The environment variable that chooses the TCP transports: "native" (the
-#: default: twisted_shim.tcp) or "python" (Twisted's own tcp.Server and
-#: tcp.Client, unchanged).
+#: The environment variable that chooses the stream transports: "native"
+#: (the default: twisted_shim.tcp and twisted_shim.unix) or "python"
+#: (Twisted's own tcp and unix Server and Client, unchanged).
 TRANSPORT_ENV = "TWISTED_SHIM_TRANSPORT"
 
 
 def native_streams() -> bool:
-    """Whether reactors made now use the native TCP transports; a value of
+    """Whether reactors made now use the native stream transports; a value of
     L{TRANSPORT_ENV} other than "native" or "python" is an error."""
     value = os.environ.get(TRANSPORT_ENV, "native")
     if value not in ("native", "python"):
@@ -103,7 +106,8 @@ class RustReactor(posixbase.PosixReactorBase):
         self.callFromThread = loop.call_from_thread
         self._continuousPolling = posixbase._ContinuousPolling(self)
         self._wakeupFD: int | None = None
-        #: Whether TCP connections use twisted_shim.tcp's transports.
+        #: Whether TCP and UNIX connections use twisted_shim.tcp's and
+        #: twisted_shim.unix's transports.
         self._native_streams = native_streams()
         posixbase.PosixReactorBase.__init__(self)
 
@@ -197,9 +201,10 @@ class RustReactor(posixbase.PosixReactorBase):
         super()._initThreads()
         self.installNameResolver(NumericHostResolver(self, self.nameResolver))
 
-    # IReactorTCP and IReactorSocket's stream half: Twisted's ports and
-    # connectors, making the transports of twisted_shim.tcp (bytes moved in
-    # Rust), unless TWISTED_SHIM_TRANSPORT=python.
+    # IReactorTCP, IReactorUNIX's stream half and IReactorSocket's: Twisted's
+    # ports and connectors, making the transports of twisted_shim.tcp and
+    # twisted_shim.unix (bytes moved in Rust), unless
+    # TWISTED_SHIM_TRANSPORT=python.
 
     def listenTCP(
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
@@ -224,11 +229,38 @@ class RustReactor(posixbase.PosixReactorBase):
         c.connect()
         return c
 
+    def listenUNIX(
+        self,
+        address: Any,
+        factory: Any,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: int = 0,
+    ) -> Any:
+        if not self._native_streams:
+            return super().listenUNIX(address, factory, backlog, mode, wantPID)
+        p = _unix.Port(address, factory, backlog, mode, self, wantPID)
+        p.startListening()
+        return p
+
+    def connectUNIX(
+        self, address: Any, factory: Any, timeout: float = 30, checkPID: int = 0
+    ) -> Any:
+        if not self._native_streams:
+            return super().connectUNIX(address, factory, timeout, checkPID)
+        c = _unix.Connector(address, factory, timeout, self, checkPID)
+        c.connect()
+        return c
+
     def adoptStreamPort(
         self, fileDescriptor: int, addressFamily: int, factory: Any
     ) -> Any:
-        if not self._native_streams or addressFamily == socket.AF_UNIX:
+        if not self._native_streams:
             return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        if addressFamily == socket.AF_UNIX:
+            p = _unix.Port._fromListeningDescriptor(self, fileDescriptor, factory)
+            p.startListening()
+            return p
         if addressFamily not in self._supportedAddressFamilies:
             raise error.UnsupportedAddressFamily(addressFamily)
         p = _tcp.Port._fromListeningDescriptor(
@@ -240,8 +272,10 @@ class RustReactor(posixbase.PosixReactorBase):
     def adoptStreamConnection(
         self, fileDescriptor: int, addressFamily: int, factory: Any
     ) -> Any:
-        if not self._native_streams or addressFamily == socket.AF_UNIX:
+        if not self._native_streams:
             return super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+        if addressFamily == socket.AF_UNIX:
+            return _unix.Server._fromConnectedSocket(fileDescriptor, factory, self)
         if addressFamily not in self._supportedAddressFamilies:
             raise error.UnsupportedAddressFamily(addressFamily)
         return _tcp.Server._fromConnectedSocket(

@@ -162,6 +162,23 @@ impl WriteQueue {
         }
     }
 
+    /// The next byte to write, when it is in memory (not a file's).
+    pub fn first_byte(&self, py: Python<'_>) -> Option<u8> {
+        match self.chunks.front()? {
+            Chunk::Owned(buf, off) => buf.get(*off).copied(),
+            Chunk::Py(obj, start, end) if start < end => {
+                obj.bind(py).as_bytes().get(*start).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Count `n` bytes at the front as written by the caller (at most the
+    /// bytes before the next file).
+    pub fn consume(&mut self, n: usize) {
+        self.advance(n.min(self.bytes));
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         self.progress += n;

@@ -17,8 +17,9 @@
 //!   routing in front of them): `TypeError("Data must be bytes")` for
 //!   anything else; nothing after the connection ended or the write side
 //!   closed; the `bytes` objects are queued, not copied or joined; a
-//!   streaming producer is paused when the queue exceeds `bufferSize`; then
-//!   `startWriting()`.
+//!   streaming producer is paused when the queue exceeds `bufferSize` (or,
+//!   on a UNIX transport, too many descriptors wait: [`super::unix_io`]);
+//!   then `startWriting()`.
 //! - `doWrite`: `writev` of the queue until it is empty or the socket is
 //!   full (Twisted sends one `SEND_LIMIT` slice per call); when empty:
 //!   `stopWriting()`, then a producer is resumed, or `_postLoseConnection()`
@@ -49,6 +50,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
 use crate::time::lock;
@@ -61,14 +63,14 @@ const DEFAULT_BUFFER: usize = 65536;
 
 #[pyclass(module = "twisted_shim._core", subclass)]
 pub struct StreamIO {
-    queue: Mutex<WriteQueue>,
+    pub(crate) queue: Mutex<WriteQueue>,
 }
 
 /// The buffer every transport's `doRead` receives into before the bytes
 /// are copied into the `bytes` object handed to the protocol: one for the
 /// process rather than 64 KiB per connection (reads happen one at a time,
 /// on the reactor thread; the lock is never held across Python code).
-static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+pub(crate) static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// `StreamIO.doRead` and `StreamIO.doWrite` as the class holds them.
 static OWN_METHODS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
@@ -93,7 +95,7 @@ fn attr_true(obj: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) ->
     obj.getattr(name)?.is_truthy()
 }
 
-fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
+pub(crate) fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
     obj.getattr(intern!(obj.py(), "bufferSize"))
         .and_then(|v| v.extract::<usize>())
         .unwrap_or(DEFAULT_BUFFER)
@@ -119,11 +121,12 @@ impl StreamIO {
             }
             q.bytes
         };
-        // _maybePauseProducer
+        // _maybePauseProducer (a UNIX transport's buffer is full of
+        // descriptors too)
         let producer = obj.getattr(intern!(py, "producer"))?;
         if !producer.is_none()
             && attr_true(obj, intern!(py, "streamingProducer"))?
-            && queued > buffer_size(obj)
+            && (queued > buffer_size(obj) || unix_io::descriptors_full(obj)?)
         {
             obj.setattr(intern!(py, "producerPaused"), true)?;
             producer.call_method0(intern!(py, "pauseProducing"))?;
@@ -341,7 +344,7 @@ impl StreamIO {
 impl StreamIO {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+    pub(crate) fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         StreamIO {
             queue: Mutex::new(WriteQueue::default()),
         }
@@ -403,7 +406,7 @@ impl StreamIO {
 
     /// `IWriteDescriptor.doWrite`.
     #[pyo3(name = "doWrite")]
-    fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Self::write_ready(slf, fileno(slf.as_any())?)
     }
 
@@ -414,7 +417,7 @@ impl StreamIO {
     }
 
     #[pyo3(name = "_isSendBufferFull")]
-    fn is_send_buffer_full(slf: &Bound<'_, Self>) -> bool {
+    pub(crate) fn is_send_buffer_full(slf: &Bound<'_, Self>) -> bool {
         let queued = lock(&slf.borrow().queue).bytes;
         queued > buffer_size(slf.as_any())
     }
