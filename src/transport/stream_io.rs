@@ -42,13 +42,14 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use super::unix_io;
 use crate::event_loop::Loop;
@@ -64,6 +65,8 @@ const DEFAULT_BUFFER: usize = 65536;
 #[pyclass(module = "twisted_shim._core", subclass)]
 pub struct StreamIO {
     pub(crate) queue: Mutex<WriteQueue>,
+    /// The reactor's Rust loop (`None`: another reactor), once looked up.
+    reactor_loop: OnceLock<Option<Py<Loop>>>,
 }
 
 /// The buffer every transport's `doRead` receives into before the bytes
@@ -131,7 +134,7 @@ impl StreamIO {
             obj.setattr(intern!(py, "producerPaused"), true)?;
             producer.call_method0(intern!(py, "pauseProducing"))?;
         }
-        Self::watch(obj, false, true)
+        Self::watch(slf, false, true)
     }
 
     /// `startReading`/`startWriting` (`add`) and `stopReading`/
@@ -139,19 +142,17 @@ impl StreamIO {
     /// its Rust loop directly when it is ours (what `RustReactor.addReader`
     /// does, without its two Python frames); through the reactor's method
     /// otherwise, or when the loop cannot watch the descriptor.
-    fn watch(obj: &Bound<'_, PyAny>, reading: bool, add: bool) -> PyResult<()> {
-        let py = obj.py();
-        let reactor = obj.getattr(intern!(py, "reactor"))?;
-        if let Ok(lp) = reactor.getattr(intern!(py, "_loop")) {
-            if let Ok(lp) = lp.cast::<Loop>() {
-                let lp = lp.get();
-                if add {
-                    if lp.add(py, obj, reading)? {
-                        return Ok(());
-                    }
-                } else if lp.remove(obj, reading)? {
+    fn watch(slf: &Bound<'_, Self>, reading: bool, add: bool) -> PyResult<()> {
+        let py = slf.py();
+        let obj = slf.as_any();
+        if let Some(lp) = Self::reactor_loop(slf)? {
+            let lp = lp.get();
+            if add {
+                if lp.add(py, obj, reading)? {
                     return Ok(());
                 }
+            } else if lp.remove(obj, reading)? {
+                return Ok(());
             }
         }
         let method = match (reading, add) {
@@ -160,8 +161,28 @@ impl StreamIO {
             (true, false) => intern!(py, "removeReader"),
             (false, false) => intern!(py, "removeWriter"),
         };
-        reactor.call_method1(method, (obj,))?;
+        obj.getattr(intern!(py, "reactor"))?
+            .call_method1(method, (obj,))?;
         Ok(())
+    }
+
+    /// The Rust loop of the transport's reactor when it is a `RustReactor`
+    /// (its `_loop`), looked up once: a transport's reactor does not change.
+    fn reactor_loop<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Loop>>> {
+        let py = slf.py();
+        let me = slf.borrow();
+        if let Some(known) = me.reactor_loop.get() {
+            return Ok(known.as_ref().map(|lp| lp.bind(py).clone()));
+        }
+        let reactor = slf.as_any().getattr(intern!(py, "reactor"))?;
+        let found = reactor
+            .getattr(intern!(py, "_loop"))
+            .ok()
+            .and_then(|lp| lp.cast_into::<Loop>().ok());
+        let _ = me
+            .reactor_loop
+            .set(found.as_ref().map(|lp| lp.clone().unbind()));
+        Ok(found)
     }
 
     /// Whether `write` should go through the TLS layer (`_newtls`'s
@@ -193,7 +214,7 @@ impl StreamIO {
             Ok(true) => {}
         }
         // Everything went: what FileDescriptor.doWrite does then.
-        Self::watch(obj, false, false)?;
+        Self::watch(slf, false, false)?;
         let producer = obj.getattr(intern!(py, "producer"))?;
         if !producer.is_none()
             && (!attr_true(obj, intern!(py, "streamingProducer"))?
@@ -239,7 +260,7 @@ impl StreamIO {
         {
             return Ok(false);
         }
-        Self::watch(obj, false, false)?;
+        Self::watch(slf, false, false)?;
         Ok(true)
     }
 
@@ -347,6 +368,7 @@ impl StreamIO {
     pub(crate) fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         StreamIO {
             queue: Mutex::new(WriteQueue::default()),
+            reactor_loop: OnceLock::new(),
         }
     }
 
@@ -383,25 +405,25 @@ impl StreamIO {
     /// `FileDescriptor.startReading`.
     #[pyo3(name = "startReading")]
     fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::watch(slf.as_any(), true, true)
+        Self::watch(slf, true, true)
     }
 
     /// `FileDescriptor.stopReading`.
     #[pyo3(name = "stopReading")]
     fn stop_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::watch(slf.as_any(), true, false)
+        Self::watch(slf, true, false)
     }
 
     /// `FileDescriptor.startWriting`.
     #[pyo3(name = "startWriting")]
     fn start_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::watch(slf.as_any(), false, true)
+        Self::watch(slf, false, true)
     }
 
     /// `FileDescriptor.stopWriting`.
     #[pyo3(name = "stopWriting")]
     fn stop_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::watch(slf.as_any(), false, false)
+        Self::watch(slf, false, false)
     }
 
     /// `IWriteDescriptor.doWrite`.
@@ -441,6 +463,17 @@ impl StreamIO {
 
     #[setter(dataBuffer)]
     fn set_data_buffer(&self, _value: &Bound<'_, PyAny>) {}
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(Some(lp)) = self.reactor_loop.get() {
+            visit.call(lp)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.reactor_loop.take();
+    }
 
     /// Bytes queued and not yet written.
     fn _queued(&self) -> usize {
