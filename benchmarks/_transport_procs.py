@@ -1,8 +1,8 @@
 """
 The processes C{transport_bench.py} measures, from the harness's side:
 building the C floor, finding strace and wrk, starting a server on CPU 0
-and the ping-pong client on CPU 1, and reading a process's CPU time and
-resident memory from /proc.
+and a ping-pong client (C or Twisted) on CPU 1, and reading a process's
+CPU time and resident memory from /proc.
 
 Invariants: every process started here (L{Proc}) leads a session of its
 own and is in C{Proc.live} until stopped, so C{Proc.stop_all()} in the
@@ -177,13 +177,14 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def start_server(kind: str, role: str = "echo") -> tuple[Proc, int]:
-    """Server C{kind} (c, rust, epoll) on CPU 0; the process and its port."""
+def start_server(kind: str, role: str = "echo", *flags: str) -> tuple[Proc, int]:
+    """Server C{kind} (c, rust, epoll) on CPU 0; the process and its port.
+    C{role} and C{flags} (e.g. C{--tls}) are C{_twisted_peers.py}'s."""
     pin = ["taskset", "-c", SERVER_CPU]
     if kind == "c":
         proc = Proc([*pin, str(build_c("echo_epoll"))])
         return proc, int(proc.expect("", START_TIMEOUT_S))
-    proc = Proc([*pin, sys.executable, str(PEERS), role, "--reactor", kind])
+    proc = Proc([*pin, sys.executable, str(PEERS), role, "--reactor", kind, *flags])
     return proc, int(proc.expect("@@PORT ", START_TIMEOUT_S))
 
 
@@ -198,6 +199,27 @@ def start_client(port: int, p: Params) -> Proc:
     )
     proc.expect("@@READY", START_TIMEOUT_S + p["trips"] / 1000)
     return proc
+
+
+def start_twisted_client(
+    port: int, p: Params, reactor: str = "rust", *flags: str
+) -> tuple[Proc, dict[str, str] | None]:
+    """
+    C{_twisted_peers.py pingpong} on C{reactor} on CPU 1, connected and
+    warmed up; with C{--tls} in C{flags}, its handshakes done, and the
+    protocol version and cipher it negotiated (else C{None}).
+    """
+    proc = Proc(
+        [
+            *("taskset", "-c", CLIENT_CPU, sys.executable, str(PEERS), "pingpong"),
+            *("--reactor", reactor, "--port", str(port)),
+            *("--conns", str(p["conns"]), "--trips", str(p["trips"]), *flags),
+        ]
+    )
+    timeout = START_TIMEOUT_S + p["trips"] / 1000
+    tls = json.loads(proc.expect("@@TLS ", timeout)) if "--tls" in flags else None
+    proc.expect("@@READY", timeout)
+    return proc, tls
 
 
 def rally(client: Proc, p: Params) -> float:

@@ -1,7 +1,8 @@
 """
 The benchmark scripts' command lines: C{--help} works and names the options
 (the benchmarks themselves run with C{make bench}/C{make bench-wsgi}, not
-here: speed is never asserted in tests).
+here: speed is never asserted in tests), and, where a script lists its
+benchmarks in C{--help}, that a newer one is listed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("reactor_bench.py", "--quick"),
         ("latency.py", "--runs"),
         ("transport_bench.py", "--smoke"),
+        ("transport_bench.py", "tls_pingpong"),
         ("stop_under_load.py", "--scenarios"),
     ],
 )
