@@ -40,6 +40,7 @@ use crate::calls::ThreadCalls;
 use crate::fdset::{
     readiness_now, FdSet, NativeHandler, Readiness, Registration, Snapshot, Target, Token,
 };
+use crate::selectable::{self, ClassFacts};
 use crate::time::{lock, DelayedCall, TimerQueue};
 use crate::transport::stream_io::{self, StreamIO};
 use crate::twisted::{api, log_err, log_failure, LogContext};
@@ -419,7 +420,7 @@ impl Loop {
         for reg in lost {
             if let Target::Python(sel) = &reg.target {
                 let sel = sel.bind(py);
-                let _ctx = log_context(py, &contexts, sel)?;
+                let _ctx = log_context(py, &contexts, sel, selectable::facts(sel))?;
                 let why = api.no_filedesc.bind(py);
                 if let Err(e) = reactor.call_method1(
                     intern!(py, "_disconnectSelectable"),
@@ -489,8 +490,9 @@ fn log_context<'py>(
     py: Python<'py>,
     contexts: &Bound<'py, PyList>,
     sel: &Bound<'py, PyAny>,
+    facts: ClassFacts,
 ) -> PyResult<LogContext<'py>> {
-    let prefix = match log_prefix(py, sel) {
+    let prefix = match log_prefix(py, sel, facts) {
         Ok(p) => p,
         Err(e) => {
             let buggy = pyo3::types::PyString::new(py, "(buggy logPrefix method)").into_any();
@@ -503,14 +505,15 @@ fn log_context<'py>(
 
 /// `sel.logPrefix()`; for a class that keeps `tcp.Connection.logPrefix`
 /// (which returns `self.logstr`), `sel.logstr` without the Python frame.
-fn log_prefix<'py>(py: Python<'py>, sel: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let name = intern!(py, "logPrefix");
-    if let Ok(method) = sel.get_type().getattr(name) {
-        if method.is(api(py)?.connection_log_prefix.bind(py)) {
-            return sel.getattr(intern!(py, "logstr"));
-        }
+fn log_prefix<'py>(
+    py: Python<'py>,
+    sel: &Bound<'py, PyAny>,
+    facts: ClassFacts,
+) -> PyResult<Bound<'py, PyAny>> {
+    if facts.logstr_prefix {
+        return sel.getattr(intern!(py, "logstr"));
     }
-    sel.call_method0(name)
+    sel.call_method0(intern!(py, "logPrefix"))
 }
 
 /// Twisted's `callWithLogger(sel, _doReadOrWrite, sel, fd, event)`, natively.
@@ -537,7 +540,8 @@ fn dispatch_python(
     let disconnected = r.hangup || r.error;
     let readable = snap.reading && r.readable;
     let writable = snap.writing && r.writable;
-    let native = StreamIO::native(sel);
+    let facts = selectable::facts(sel);
+    let native = StreamIO::native(sel, facts);
     if let Some(io) = native {
         if writable && !readable && !disconnected {
             if let Ok(Some(fd)) = fileno_of(sel) {
@@ -548,7 +552,7 @@ fn dispatch_python(
             }
         }
     }
-    let _ctx = log_context(py, contexts, sel)?;
+    let _ctx = log_context(py, contexts, sel, facts)?;
     let api = api(py)?;
     let mut in_read = false;
     let why: Bound<'_, PyAny> = if disconnected && !readable {

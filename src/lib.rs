@@ -11,6 +11,8 @@
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
 //! - [`calls`]: the queue behind `callFromThread`;
 //! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
+//! - [`selectable`]: what the dispatch knows of a selectable's class
+//!   (kept per class version);
 //! - [`net`]: socket I/O for protocols native to the loop (accept, reads,
 //!   the `writev`/`sendfile` output queue);
 //! - [`transport`]: stream transports whose bytes move in Rust (`StreamIO`
@@ -30,6 +32,7 @@ pub mod fdset;
 mod hooks;
 pub mod http;
 pub mod net;
+pub mod selectable;
 pub mod time;
 pub mod transport;
 pub mod twisted;

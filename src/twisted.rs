@@ -154,11 +154,11 @@ impl<'py> LogContext<'py> {
 
 impl Drop for LogContext<'_> {
     fn drop(&mut self) {
-        let len = self.contexts.len();
-        if len > 0 {
-            if let Err(e) = self.contexts.del_item(len - 1) {
-                e.write_unraisable(self.contexts.py(), None);
-            }
+        // list.pop(), as ContextTracker does (a deletion by index goes
+        // through CPython's general slice assignment, three times dearer).
+        let py = self.contexts.py();
+        if let Err(e) = self.contexts.call_method0(intern!(py, "pop")) {
+            e.write_unraisable(py, None);
         }
     }
 }

@@ -412,3 +412,42 @@ def test_overridden_doRead_and_doWrite_are_called(reactor: RustReactor) -> None:
     peer.close()
     run_until(reactor, lambda: proto.lost is not None, "the connection lost")
     assert proto.lost.check(error.ConnectionDone)
+
+
+def test_a_class_modified_later_is_seen(reactor: RustReactor) -> None:
+    """What the loop keeps of a transport class holds only until the class
+    (or a base) is modified: a doRead or logPrefix assigned to the class
+    after its connections were served is called from the next event on."""
+    base: Any = type(accepted(reactor, Recorder())[0])
+
+    class Plain(base):  # type: ignore[misc, valid-type]
+        pass
+
+    proto = Recorder()
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port.transport = Plain
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+    run_until(reactor, lambda: proto.made, "the connection accepted")
+    port.stopListening()
+    peer.sendall(b"one")
+    run_until(reactor, lambda: proto.received == b"one", "the first read")
+
+    seen: list[str] = []
+
+    def doRead(self: Any) -> Any:
+        from twisted.python import context, log
+
+        seen.append(context.get(log.ILogContext)["system"])
+        return base.doRead(self)
+
+    Plain.doRead = doRead
+    Plain.logPrefix = lambda self: "Plain, modified"
+    # Any attribute lookup gives the modified class a new version tag.
+    assert proto.transport.connected  # type: ignore[union-attr]
+    peer.sendall(b"two")
+    run_until(reactor, lambda: proto.received == b"onetwo", "the second read")
+    assert seen == ["Plain, modified"]
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")

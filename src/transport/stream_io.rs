@@ -48,12 +48,13 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
+use crate::selectable::ClassFacts;
 use crate::time::lock;
 use crate::twisted::api;
 
@@ -299,27 +300,44 @@ impl StreamIO {
         Ok(py.None())
     }
 
-    /// `sel` as a `StreamIO` whose `doRead` and `doWrite` are this class's
-    /// own, for the loop to call directly: not overridden by a subclass,
-    /// nor on the instance (a connecting `tcp.Client` sets both to
-    /// `doConnect` until the connection is made).
-    pub(crate) fn native<'a, 'py>(sel: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Self>> {
-        let io = sel.cast::<Self>().ok()?;
+    /// Whether `class` (the class of `sel`) is a `StreamIO` subclass whose
+    /// `doRead` and `doWrite` are this class's own, not overridden.
+    pub(crate) fn class_is_native(sel: &Bound<'_, PyAny>, class: &Bound<'_, PyType>) -> bool {
         let py = sel.py();
-        let (read, write) = own_methods(py).ok()?;
-        let (do_read, do_write) = (intern!(py, "doRead"), intern!(py, "doWrite"));
-        let ty = sel.get_type();
+        if sel.cast::<Self>().is_err() {
+            return false;
+        }
+        let Ok((read, write)) = own_methods(py) else {
+            return false;
+        };
         let same = |name, mine: &Py<PyAny>| {
-            ty.getattr(name)
+            class
+                .getattr(name)
                 .map(|m| m.is(mine.bind(py)))
                 .unwrap_or(false)
         };
-        if !(same(do_read, read) && same(do_write, write)) {
+        same(intern!(py, "doRead"), read) && same(intern!(py, "doWrite"), write)
+    }
+
+    /// `sel` as a `StreamIO` to call directly, given what its class is
+    /// ([`crate::selectable::facts`]): the class keeps this class's
+    /// `doRead` and `doWrite`, and the instance does not override them (a
+    /// connecting `tcp.Client` sets both to `doConnect` until the
+    /// connection is made).
+    pub(crate) fn native<'a, 'py>(
+        sel: &'a Bound<'py, PyAny>,
+        facts: ClassFacts,
+    ) -> Option<&'a Bound<'py, Self>> {
+        if !facts.stream_io {
             return None;
         }
+        let io = sel.cast::<Self>().ok()?;
+        let py = sel.py();
         if let Ok(dict) = sel.getattr(intern!(py, "__dict__")) {
             let dict = dict.cast::<PyDict>().ok()?;
-            if dict.contains(do_read).ok()? || dict.contains(do_write).ok()? {
+            if dict.contains(intern!(py, "doRead")).ok()?
+                || dict.contains(intern!(py, "doWrite")).ok()?
+            {
                 return None;
             }
         }
