@@ -32,8 +32,9 @@
 //! - `startReading`/`stopReading`/`startWriting`/`stopWriting`: straight
 //!   to the loop of a `RustReactor` (what its `addReader` etc. do), through
 //!   the reactor's methods for any other reactor.
-//! - `_isSendBufferFull`, and `dataBuffer`/`_tempDataLen` as read-only
-//!   views (empty bytes / the queued length) for code that inspects them.
+//! - `_isSendBufferFull`, and `dataBuffer`/`_tempDataLen`/`_tempDataBuffer`
+//!   as read-only views (empty bytes / the queued length / an empty list)
+//!   for code that inspects them.
 //!
 //! Invariants: the queue holds only bytes accepted by `write` while
 //! connected; it is dropped when the object is (the socket is Twisted's to
@@ -48,7 +49,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::unix_io;
@@ -473,6 +474,18 @@ impl StreamIO {
 
     #[setter(_tempDataLen)]
     fn set_temp_data_len(&self, _value: &Bound<'_, PyAny>) {}
+
+    /// `FileDescriptor`'s list of writes not yet joined: always empty here
+    /// (as it always was under this class); assigning it (as
+    /// `FileDescriptor.__init__` does) keeps nothing, so no connection
+    /// carries an empty list it never uses.
+    #[getter(_tempDataBuffer)]
+    fn temp_data_buffer<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
+        PyList::empty(py)
+    }
+
+    #[setter(_tempDataBuffer)]
+    fn set_temp_data_buffer(&self, _value: &Bound<'_, PyAny>) {}
 
     #[getter(dataBuffer)]
     fn data_buffer<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
