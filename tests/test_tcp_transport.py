@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -449,5 +450,26 @@ def test_a_class_modified_later_is_seen(reactor: RustReactor) -> None:
     peer.sendall(b"two")
     run_until(reactor, lambda: proto.received == b"onetwo", "the second read")
     assert seen == ["Plain, modified"]
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+
+
+def test_large_and_small_reads_arrive_intact(reactor: RustReactor) -> None:
+    """Reads that fill the buffer (received straight into their bytes
+    object) and small ones after them (through the shared read buffer)
+    deliver every byte in order."""
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    big = os.urandom(4 << 20)
+    peer.setblocking(True)
+    sender = threading.Thread(target=peer.sendall, args=(big,))
+    sender.start()
+    run_until(reactor, lambda: len(proto.received) >= len(big), "4 MiB read")
+    sender.join(10)
+    for i in range(5):
+        peer.sendall(b"small%d" % i)
+        expected = big + b"".join(b"small%d" % j for j in range(i + 1))
+        run_until(reactor, lambda e=expected: proto.received == e, f"small read {i}")
+    assert proto.received[: len(big)] == big
     peer.close()
     run_until(reactor, lambda: proto.lost is not None, "the connection lost")
