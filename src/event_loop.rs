@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::aio::ready::ReadyQueue;
 use crate::calls::ThreadCalls;
 use crate::fdset::{
     readiness_now, FdSet, NativeHandler, Readiness, Registration, Snapshot, Target, Token,
@@ -87,6 +88,9 @@ pub struct Loop {
     fds: Mutex<FdSet>,
     timers: Arc<TimerQueue>,
     calls: ThreadCalls,
+    /// asyncio's ready queue (`crate::aio`): a pass runs in every
+    /// `runUntilCurrent`, and a non-empty queue makes the wait a poll.
+    ready: Arc<ReadyQueue>,
     /// Ends a wait when another thread queued work (see `wait`).
     waker: Waker,
     /// A reusable event buffer; taken out while a wait is under way.
@@ -226,6 +230,16 @@ impl Loop {
         self.notify()
     }
 
+    /// The timer heap, for the asyncio face's `call_at` (`crate::aio`).
+    pub(crate) fn timer_queue(&self) -> &Arc<TimerQueue> {
+        &self.timers
+    }
+
+    /// The asyncio ready queue, for the asyncio face (`crate::aio`).
+    pub(crate) fn ready_queue(&self) -> &Arc<ReadyQueue> {
+        &self.ready
+    }
+
     pub fn notify(&self) -> PyResult<()> {
         self.waker.wake().map_err(os_error)
     }
@@ -277,7 +291,7 @@ impl Loop {
             (fds.has_optimistic() || fds.has_evicted(), !fds.is_empty())
         };
         let timeout = match timeout {
-            _ if queued || !self.calls.is_empty() => Some(Duration::ZERO),
+            _ if queued || !self.calls.is_empty() || !self.ready.is_empty() => Some(Duration::ZERO),
             Some(t) if t.is_nan() || t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::from_secs_f64(t.min(crate::time::LONGEST_TIMEOUT))),
             None => None,
@@ -580,6 +594,7 @@ impl Loop {
             fds: Mutex::new(FdSet::default()),
             timers: Arc::new(TimerQueue::default()),
             calls: ThreadCalls::default(),
+            ready: Arc::new(ReadyQueue::default()),
             events: Mutex::new(None),
             last_sweep: Mutex::new(Instant::now()),
             signal_pipe: Mutex::new(None),
@@ -732,6 +747,9 @@ impl Loop {
         self.timers.insert_fresh(py);
         let now = self.timers.now(py)?;
         self.timers.run_due(py, now);
+        // asyncio's pass: what call_soon, asyncio readiness and the due
+        // TimerHandles just above queued (see crate::aio::ready).
+        self.ready.run_pass(py)?;
         if reactor.getattr("_justStopped")?.is_truthy()? {
             reactor.setattr("_justStopped", false)?;
             reactor.call_method1("fireSystemEvent", ("shutdown",))?;
@@ -789,6 +807,7 @@ impl Loop {
         }
         self.timers.traverse(&visit)?;
         self.calls.traverse(&visit)?;
+        self.ready.traverse(&visit)?;
         Ok(())
     }
 
@@ -798,6 +817,7 @@ impl Loop {
         lock(&self.signal_pipe).take();
         self.timers.clear();
         self.calls.clear();
+        self.ready.clear();
     }
 }
 

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import classImplements, implementer
 
 from twisted_shim import _core
+from twisted_shim import aio as _aio
 from twisted_shim import tcp as _tcp
 from twisted_shim.resolver import NumericHostResolver
 
@@ -87,7 +88,12 @@ class RustReactor(posixbase.PosixReactorBase):
     @ivar callLater: The loop's C{call_later}, bound on the instance so a
         call costs no Python frame; likewise C{callFromThread} and
         C{getDelayedCalls}.
+    @ivar _asyncioFace: The L{twisted_shim.aio.RustEventLoop} on this
+        reactor's loop (L{twisted_shim.aio.loop_of}), made on first use: the
+        running asyncio loop while C{mainLoop} runs.
     """
+
+    _asyncioFace: _aio.RustEventLoop | None = None
 
     # Event bits the loop reports, for code that reads them as epoll's.
     _POLL_DISCONNECTED = _core.POLL_HUP | _core.POLL_ERR
@@ -151,17 +157,22 @@ class RustReactor(posixbase.PosixReactorBase):
         self._loop.do_iteration(self, delay)
 
     def mainLoop(self) -> None:
-        self._loop.run(self)
+        # asyncio.get_running_loop() in any callback is this loop's face
+        # (already, when called from run()).
+        with _aio.reactor_running(self):
+            self._loop.run(self)
         _log.info("Main loop terminated.")
 
     def run(self, installSignalHandlers: bool = True) -> None:
-        self.startRunning(installSignalHandlers=installSignalHandlers)
-        self._installWakeupFD()
-        try:
-            self.mainLoop()
-        finally:
-            self._signals.uninstall()
-            self._uninstallWakeupFD()
+        # The startup triggers (callWhenRunning) see the face running too.
+        with _aio.reactor_running(self):
+            self.startRunning(installSignalHandlers=installSignalHandlers)
+            self._installWakeupFD()
+            try:
+                self.mainLoop()
+            finally:
+                self._signals.uninstall()
+                self._uninstallWakeupFD()
 
     def _installWakeupFD(self) -> None:
         """
