@@ -748,3 +748,48 @@ def test_reactor_stop_when_asyncio_drives_is_not_running(
             loop._reactor.stop()
 
     run(loop, main())
+
+
+def test_unix_sockets_subprocesses_and_signals(
+    loop: aio.RustEventLoop, tmp_path: Any
+) -> None:
+    import signal
+    import sys
+
+    path = str(tmp_path / "s.sock")
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write((await r.readline()).upper())
+        await w.drain()
+        w.close()
+
+    async def main() -> tuple[bytes, bytes, int, int]:
+        server = await asyncio.start_unix_server(handle, path)
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b"unix\n")
+        line = await r.readline()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.write(sys.stdin.read()[::-1])",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate(b"olleh")
+
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, got.set_result, signal.SIGUSR1)
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            signum = await got
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        return line, out, proc.returncode, signum
+
+    line, out, rc, signum = run(loop, main())
+    assert (line, out, rc, signum) == (b"UNIX\n", b"hello", 0, signal.SIGUSR1)
