@@ -117,3 +117,84 @@ impl ReadyQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::types::PyModule;
+    use std::sync::Arc;
+
+    /// Handles as asyncio's: `_cancelled`, and `_run` appends to a log; a
+    /// handle may push another while it runs, or raise.
+    const HANDLES: &std::ffi::CStr = cr#"
+log = []
+class H:
+    def __init__(self, name, then=None, raises=False):
+        self.name, self.then, self.raises = name, then, raises
+        self._cancelled = False
+    def _run(self):
+        log.append(self.name)
+        if self.then is not None:
+            push(self.then)
+        if self.raises:
+            raise KeyboardInterrupt
+"#;
+
+    fn handles<'py>(py: Python<'py>, q: &Arc<ReadyQueue>) -> Bound<'py, PyModule> {
+        let m = PyModule::from_code(py, HANDLES, c"handles.py", c"handles").unwrap();
+        let q = q.clone();
+        let push = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _| {
+            q.push(args.get_item(0)?.unbind());
+            PyResult::Ok(())
+        })
+        .unwrap();
+        m.setattr("push", push).unwrap();
+        m
+    }
+
+    fn log(m: &Bound<'_, PyModule>) -> Vec<String> {
+        m.getattr("log").unwrap().extract().unwrap()
+    }
+
+    #[test]
+    fn a_pass_runs_what_was_queued_when_it_began_in_order() {
+        Python::initialize();
+        Python::attach(|py| {
+            let q = Arc::new(ReadyQueue::default());
+            let m = handles(py, &q);
+            let h = m.getattr("H").unwrap();
+            let later = h.call1(("later",)).unwrap();
+            let skipped = h.call1(("skipped",)).unwrap();
+            skipped.setattr("_cancelled", true).unwrap();
+            q.push(h.call1(("a", later)).unwrap().unbind());
+            q.push(skipped.unbind());
+            q.push(h.call1(("b",)).unwrap().unbind());
+            q.run_pass(py).unwrap();
+            assert_eq!(log(&m), ["a", "b"]);
+            assert_eq!(q.len(), 1, "pushed during the pass: next pass");
+            q.run_pass(py).unwrap();
+            assert_eq!(log(&m), ["a", "b", "later"]);
+            assert!(q.is_empty());
+        });
+    }
+
+    #[test]
+    fn an_exception_ends_the_pass_and_keeps_the_rest_queued() {
+        Python::initialize();
+        Python::attach(|py| {
+            let q = Arc::new(ReadyQueue::default());
+            let m = handles(py, &q);
+            let h = m.getattr("H").unwrap();
+            let kw = pyo3::types::PyDict::new(py);
+            kw.set_item("raises", true).unwrap();
+            q.push(h.call(("boom",), Some(&kw)).unwrap().unbind());
+            q.push(h.call1(("after",)).unwrap().unbind());
+            assert!(q.run_pass(py).is_err());
+            assert_eq!(log(&m), ["boom"]);
+            assert_eq!(q.len(), 1);
+            q.run_pass(py).unwrap();
+            assert_eq!(log(&m), ["boom", "after"]);
+            q.clear();
+        });
+    }
+}
