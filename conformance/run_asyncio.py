@@ -33,6 +33,7 @@ reason}); listed tests that pass now are reported, to be removed.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import subprocess
@@ -101,9 +102,10 @@ def iter_tests(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
 class _Recorder(unittest.TestResult):
     """Writes one JSON line per test outcome as soon as it is known."""
 
-    def __init__(self, out) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, out, per_test: float) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         self.out = out
+        self.per_test = per_test
         self.outcome: dict[str, str] = {}
 
     def _note(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
@@ -115,6 +117,9 @@ class _Recorder(unittest.TestResult):
         self.detail = detail
 
     def startTest(self, test: unittest.TestCase) -> None:
+        # The per-test limit: faulthandler dumps every stack and ends the
+        # child (the parent restarts it on the tests left).
+        faulthandler.dump_traceback_later(self.per_test, exit=True)
         super().startTest(test)
         self.detail = ""
         self.t0 = time.monotonic()
@@ -122,6 +127,7 @@ class _Recorder(unittest.TestResult):
         self.out.flush()
 
     def stopTest(self, test: unittest.TestCase) -> None:
+        faulthandler.cancel_dump_traceback_later()
         super().stopTest(test)
         tid = test.id()
         outcome = self.outcome.get(tid, "pass")
@@ -168,7 +174,12 @@ class _Recorder(unittest.TestResult):
 def child(
     module: str, loop: str, out_path: str, skip_path: str, per_test: float
 ) -> None:
-    import faulthandler
+
+    # Both children import Twisted and our loop, so that their heaps are
+    # alike: the suites' gc.collect() calls take 40 ms each with Twisted's
+    # modules loaded, which is not the loop's time.
+    import twisted_shim.aio  # noqa: F401
+    import twisted_shim.reactor  # noqa: F401
 
     if loop == "rust":
         use_rust_loop()
@@ -183,21 +194,12 @@ def child(
     skip = set(Path(skip_path).read_text().split()) if skip_path else set()
     name = f"test.test_asyncio.{module}"
     suite = unittest.defaultTestLoader.loadTestsFromName(name)
-    mod = sys.modules[name]
     tests = [t for t in iter_tests(suite) if t.id() not in skip]
     with open(out_path, "a") as out:
-        result = _Recorder(out)
-        setup = getattr(mod, "setUpModule", None)
-        if setup is not None:
-            setup()
-        # unittest's class fixtures (setUpClass) run through a suite.
-        for test in tests:
-            faulthandler.dump_traceback_later(per_test, exit=True)
-            unittest.TestSuite([test])(result)
-            faulthandler.cancel_dump_traceback_later()
-        teardown = getattr(mod, "tearDownModule", None)
-        if teardown is not None:
-            teardown()
+        result = _Recorder(out, per_test)
+        # One suite, so that module and class fixtures run once, as in
+        # unittest's own runs.
+        unittest.TestSuite(tests)(result)
         out.write(json.dumps({"done": len(tests)}) + "\n")
         out.flush()
     sys.stdout.flush()
@@ -290,9 +292,16 @@ def run_module(
                 results["<child>"] = ("error", "the child died between tests")
             break
     slowest = sorted(durations.items(), key=lambda kv: -kv[1])[:10]
-    log.write("\n--- slowest tests ---\n")
+    log.write(f"\n--- slowest tests (all: {sum(durations.values()):.1f} s) ---\n")
     for tid, sec in slowest:
         log.write(f"{sec:8.3f} {tid}\n")
+    (log_dir / f"{module}.{loop}.durations.json").write_text(
+        json.dumps(durations, indent=0, sort_keys=True)
+    )
+    log.write("\n--- tests that did not pass ---\n")
+    for tid, (outcome, detail) in sorted(results.items()):
+        if outcome not in PASSING and outcome != "skip":
+            log.write(f"\n{outcome}: {tid}\n{detail}\n")
     log.close()
     return results
 

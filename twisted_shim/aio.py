@@ -66,7 +66,6 @@ import sys
 import threading
 import time as _time
 from asyncio import base_events, events, unix_events
-from asyncio.log import logger
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextvars import Context
 from selectors import (
@@ -472,7 +471,9 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
             handle._run()
             dt = self.time() - t0
             if dt >= self.slow_callback_duration:
-                logger.warning(
+                # Through base_events' logger, as asyncio logs it (tests
+                # patch it there).
+                base_events.logger.warning(
                     "Executing %s took %.3f seconds",
                     base_events._format_handle(handle),  # type: ignore[attr-defined]
                     dt,
