@@ -793,3 +793,60 @@ def test_unix_sockets_subprocesses_and_signals(
 
     line, out, rc, signum = run(loop, main())
     assert (line, out, rc, signum) == (b"UNIX\n", b"hello", 0, signal.SIGUSR1)
+
+
+def test_tasks_run_with_their_loop_under_reactor_iterate(reactor: RustReactor) -> None:
+    face = aio.loop_of(reactor)
+    seen: list[object] = []
+
+    async def job() -> None:
+        seen.append(asyncio.get_running_loop())
+        await asyncio.sleep(0.01)
+        seen.append("slept")
+
+    task = face.create_task(job())
+    deadline = time.monotonic() + TIMEOUT
+    while not task.done() and time.monotonic() < deadline:
+        reactor.iterate(0.005)
+    assert task.done() and task.exception() is None
+    assert seen == [face, "slept"]
+    assert not face.is_running()
+
+
+def test_handles_are_asyncios_outside_debug_mode_too(loop: aio.RustEventLoop) -> None:
+    # The fast paths (handles made in Rust) make the same objects as the
+    # debug mode's Python methods.
+    assert loop.call_soon is not aio.RustEventLoop.call_soon
+    ctx = contextvars.copy_context()
+    for debug in (False, True):
+        loop.set_debug(debug)
+        h = loop.call_soon(print, 1, context=ctx)
+        t = loop.call_later(10, print, 2)
+        a = loop.call_at(loop.time() + 10, print, 3)
+        ts = loop.call_soon_threadsafe(print, 4)
+        for handle in (h, ts):
+            assert type(handle) is asyncio.Handle
+            assert handle._callback is print and not handle.cancelled()
+        assert h._context is ctx
+        assert h._args == (1,)
+        assert "print" in repr(h)
+        for timer in (t, a):
+            assert isinstance(timer, asyncio.TimerHandle)
+            assert timer._call.active() and timer._scheduled
+            assert timer.when() == pytest.approx(loop.time() + 10, abs=1)
+            timer.cancel()
+            assert not timer._call.active()
+        assert t < a or t.when() <= a.when()
+        for handle in (h, ts):
+            handle.cancel()
+    loop.set_debug(False)
+    with pytest.raises(TypeError):
+        loop.call_later(None, print)
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+    loop.close()
+    for call in (loop.call_soon, loop.call_soon_threadsafe):
+        with pytest.raises(RuntimeError, match="closed"):
+            call(print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_later(1, print)

@@ -35,7 +35,8 @@ timed calls, it fires early or late if the system clock is stepped.
 Who drives the loop:
 
     - C{reactor.run()}: the reactor's C{mainLoop} makes this face the running
-      loop of its thread for as long as it runs (L{reactor_running}), so
+      loop of its thread for as long as it runs (L{reactor_enter}; C{iterate}
+      too), so
       C{asyncio.get_running_loop()} in any reactor callback returns it, and
       tasks, futures and C{asyncio.sleep} work there. C{loop.stop()} then
       stops the reactor; C{run_forever} raises, as on any running loop.
@@ -46,11 +47,15 @@ Who drives the loop:
       startup and shutdown events are not fired (C{reactor.running} stays
       false), as when Twisted's asyncio reactor's loop is run directly.
 
-What is Rust now: the ready queue and its pass (debug mode aside), the
-timer heap, the FD set, asyncio's readiness dispatch, the wait and the
-wake-up. What is CPython's (the classes below subclass
-C{asyncio.SelectorEventLoop}): C{Handle} and C{TimerHandle} (made in Python
-per call; Rust handles are the next slice), futures and tasks (C{_asyncio}),
+What is Rust now: C{call_soon}, C{call_soon_threadsafe}, C{call_later} and
+C{call_at} outside debug mode (C{src/aio/handle.rs} makes the handles:
+instances of CPython's own C{Handle} and C{TimerHandle} classes, filled in
+Rust), the ready queue and its pass (debug mode aside), the timer heap, the
+FD set, asyncio's readiness dispatch, the wait and the wake-up. What is
+CPython's (the classes below subclass C{asyncio.SelectorEventLoop}): the
+handle classes themselves (their C{cancel}, C{_run}, reprs; a Rust handle
+class cannot pass C{isinstance(h, asyncio.Handle)}, which asyncio's own
+tests check), debug mode's scheduling path, futures and tasks (C{_asyncio}),
 socket transports, servers and C{sock_*} (C{selector_events}), streams,
 SSL, subprocesses, signals, executors and C{getaddrinfo}, the exception
 handler and debug mode, async generators' shutdown.
@@ -60,13 +65,12 @@ handler and debug mode, async generators' shutdown.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
 import threading
 import time as _time
 from asyncio import base_events, events, unix_events
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextvars import Context
 from selectors import (
     EVENT_READ,
@@ -87,7 +91,8 @@ __all__ = [
     "RustEventLoopPolicy",
     "loop_of",
     "new_event_loop",
-    "reactor_running",
+    "reactor_enter",
+    "reactor_leave",
     "run",
 ]
 
@@ -199,8 +204,10 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
         # The hot calls, bound once.
         self._push = self._core.push
         self._push_threadsafe = self._core.push_threadsafe
-        self._schedule = self._core.call_at
+        self._schedule = self._core.schedule_at
         self.time = self._rloop.seconds  # type: ignore[method-assign]
+        self._core.bind(self, _TimerHandle)
+        self._old_agen_hooks: Any = None
         super().__init__(selector=_FDSetView(self._core))
         self._ready = _ReadyView(self._core)  # type: ignore[assignment]
         self._clock_resolution = _time.get_clock_info("time").resolution
@@ -212,7 +219,11 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
             f"reactor={self._reactor!r}>"
         )
 
-    # Scheduling: the ready queue and the reactor's timer heap.
+    # Scheduling: the ready queue and the reactor's timer heap. Outside debug
+    # mode, call_soon, call_soon_threadsafe, call_later and call_at are the
+    # core's (instance attributes set by set_debug: the handles are made in
+    # Rust); the methods below are the debug mode's, with asyncio's checks
+    # and source tracebacks.
 
     def call_soon(
         self,
@@ -390,14 +401,13 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
         rloop.do_iteration(self._reactor, 0.0 if self._stopping else rloop.timeout())
         rloop.run_until_current(self._reactor)
 
-    @contextlib.contextmanager
-    def _running(self, driver: str) -> Iterator[None]:
-        """This face is the thread's running loop (asyncio's run_forever setup
-        and teardown, for either driver)."""
+    def _start_running(self, driver: str) -> None:
+        """Make this face the thread's running loop (asyncio's run_forever
+        setup, for either driver); L{_stop_running} undoes it."""
         self._check_closed()
         self._check_running()
         self._set_coroutine_origin_tracking(self._debug)
-        old_agen_hooks = sys.get_asyncgen_hooks()
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
         self._thread_id = threading.get_ident()
         self._driver = driver
         sys.set_asyncgen_hooks(
@@ -405,22 +415,25 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
             finalizer=self._asyncgen_finalizer_hook,
         )
         events._set_running_loop(self)
-        try:
-            yield
-        finally:
-            self._stopping = False
-            self._thread_id = None
-            self._driver = None
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _stop_running(self) -> None:
+        self._stopping = False
+        self._thread_id = None
+        self._driver = None
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        sys.set_asyncgen_hooks(*self._old_agen_hooks)
+        self._old_agen_hooks = None
 
     def run_forever(self) -> None:
-        with self._running("asyncio"):
+        self._start_running("asyncio")
+        try:
             while True:
                 self._run_once()
                 if self._stopping:
                     break
+        finally:
+            self._stop_running()
 
     def stop(self) -> None:
         """
@@ -463,6 +476,12 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
         self._core.set_runner(self._run_handle_debug if enabled else None)
+        fast = ("call_soon", "call_soon_threadsafe", "call_later", "call_at")
+        for name in fast:
+            if enabled:
+                self.__dict__.pop(name, None)
+            else:
+                self.__dict__[name] = getattr(self._core, name)
 
     def _run_handle_debug(self, handle: events.Handle) -> None:
         try:
@@ -494,19 +513,26 @@ def loop_of(reactor: RustReactor) -> RustEventLoop:
     return face
 
 
-@contextlib.contextmanager
-def reactor_running(reactor: RustReactor) -> Iterator[None]:
+def reactor_enter(reactor: RustReactor) -> RustEventLoop | None:
     """
-    What the reactor's C{mainLoop} runs in: C{reactor}'s face is the running
-    asyncio loop of this thread. If another asyncio loop runs here already
-    (C{reactor.run()} called from a coroutine), it stays the running one.
+    What the reactor's C{run} (and C{iterate}) does first: C{reactor}'s face
+    becomes the running asyncio loop of this thread. Returns it, for
+    L{reactor_leave}; or C{None}, changing nothing, if an asyncio loop runs
+    here already (the face itself, when C{iterate} is called from a
+    callback, or another loop, when C{reactor.run()} is called from a
+    coroutine).
     """
     if events._get_running_loop() is not None:
-        yield
-        return
+        return None
     face = loop_of(reactor)
-    with face._running("reactor"):
-        yield
+    face._start_running("reactor")
+    return face
+
+
+def reactor_leave(face: RustEventLoop | None) -> None:
+    """Undo L{reactor_enter}."""
+    if face is not None:
+        face._stop_running()
 
 
 def new_event_loop(reactor: RustReactor | None = None) -> RustEventLoop:

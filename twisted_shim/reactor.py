@@ -153,19 +153,33 @@ class RustReactor(posixbase.PosixReactorBase):
     doPoll = doIteration
 
     def iterate(self, delay: float = 0.0) -> None:
-        self._loop.run_until_current(self)
-        self._loop.do_iteration(self, delay)
+        if self._asyncioFace is None:
+            self._loop.run_until_current(self)
+            self._loop.do_iteration(self, delay)
+            return
+        # asyncio's handles run in this pass: with their loop running.
+        face = _aio.reactor_enter(self)
+        try:
+            self._loop.run_until_current(self)
+            self._loop.do_iteration(self, delay)
+        finally:
+            _aio.reactor_leave(face)
 
     def mainLoop(self) -> None:
-        # asyncio.get_running_loop() in any callback is this loop's face
-        # (already, when called from run()).
-        with _aio.reactor_running(self):
+        # The face is the running asyncio loop (already, when called from
+        # run()).
+        face = _aio.reactor_enter(self)
+        try:
             self._loop.run(self)
+        finally:
+            _aio.reactor_leave(face)
         _log.info("Main loop terminated.")
 
     def run(self, installSignalHandlers: bool = True) -> None:
-        # The startup triggers (callWhenRunning) see the face running too.
-        with _aio.reactor_running(self):
+        # asyncio.get_running_loop() in any callback (the startup triggers,
+        # callWhenRunning, included) is this loop's face.
+        face = _aio.reactor_enter(self)
+        try:
             self.startRunning(installSignalHandlers=installSignalHandlers)
             self._installWakeupFD()
             try:
@@ -173,6 +187,8 @@ class RustReactor(posixbase.PosixReactorBase):
             finally:
                 self._signals.uninstall()
                 self._uninstallWakeupFD()
+        finally:
+            _aio.reactor_leave(face)
 
     def _installWakeupFD(self) -> None:
         """

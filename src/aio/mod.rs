@@ -29,6 +29,7 @@
 //! runs while its lock is held (the lock order is this table, then the FD
 //! set's).
 
+pub mod handle;
 pub mod ready;
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::event_loop::Loop;
@@ -231,6 +232,45 @@ impl Shared {
 #[pyclass(module = "twisted_shim._core", frozen)]
 pub struct AioCore {
     shared: Arc<Shared>,
+    /// The face this core serves (`bind`), for the handles made here.
+    face: Mutex<Option<handle::Face>>,
+}
+
+fn closed_error() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl AioCore {
+    fn face(&self, py: Python<'_>) -> PyResult<handle::Face> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        lock(&self.face)
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no face bound"))
+    }
+
+    fn timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let face = self.face(py)?;
+        let timer = handle::timer(py, &face, when, callback, args, context)?;
+        let call = self.shared.lp().timer_queue().call_at(
+            py,
+            when,
+            face.push.clone_ref(py),
+            PyTuple::new(py, [&timer])?.unbind(),
+            None,
+        )?;
+        timer.setattr(intern!(py, "_call"), call)?;
+        Ok(timer.unbind())
+    }
 }
 
 fn to_fd(fd: i64) -> PyResult<RawFd> {
@@ -254,7 +294,91 @@ impl AioCore {
             fds: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         });
-        AioCore { shared }
+        AioCore {
+            shared,
+            face: Mutex::new(None),
+        }
+    }
+
+    /// Serve `face`: handles made by `call_soon` and friends name it as
+    /// their loop; timers are instances of `timer_class`.
+    fn bind(slf: &Bound<'_, Self>, face: Py<PyAny>, timer_class: Py<PyType>) -> PyResult<()> {
+        let push = slf.getattr(intern!(slf.py(), "push"))?.unbind();
+        *lock(&slf.get().face) = Some(handle::Face {
+            face,
+            timer_class,
+            push,
+        });
+        Ok(())
+    }
+
+    /// The face's `call_soon` outside debug mode: a new `asyncio.Handle`,
+    /// queued.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let face = self.face(py)?;
+        let h = handle::handle(py, &face, callback, args, context)?;
+        self.shared.ready.push(h.clone_ref(py));
+        Ok(h)
+    }
+
+    /// The face's `call_soon_threadsafe` outside debug mode: queued, and the
+    /// loop woken (any thread).
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let face = self.face(py)?;
+        let h = handle::handle(py, &face, callback, args, context)?;
+        self.shared.ready.push(h.clone_ref(py));
+        self.shared.lp().notify()?;
+        Ok(h)
+    }
+
+    /// The face's `call_later` outside debug mode: a `TimerHandle` pushed
+    /// by a timed call on the reactor's heap `delay` seconds from now.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: Option<f64>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let delay = delay
+            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("delay must not be None"))?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        let when = self.shared.lp().timer_queue().now(py)? + delay;
+        self.timer(py, when, callback, args, context)
+    }
+
+    /// The face's `call_at` outside debug mode (`when` on the reactor's
+    /// clock).
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: Option<f64>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let when =
+            when.ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("when cannot be None"))?;
+        self.timer(py, when, callback, args, context)
     }
 
     /// `call_soon`: queue `handle` for the next pass (loop thread).
@@ -278,11 +402,11 @@ impl AioCore {
         self.shared.lp().notify()
     }
 
-    /// `call_at`: `func(*args)` at `when` on the reactor's clock, as a timed
-    /// call on the reactor's heap (the face passes its push and a
-    /// `TimerHandle`).
+    /// `func(*args)` at `when` on the reactor's clock, as a timed call on
+    /// the reactor's heap (the face's debug-mode `call_at` passes its push
+    /// and a `TimerHandle`).
     #[pyo3(signature = (when, func, *args))]
-    fn call_at(
+    fn schedule_at(
         &self,
         py: Python<'_>,
         when: f64,
@@ -361,6 +485,11 @@ impl AioCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.shared.loop_)?;
+        if let Ok(face) = self.face.try_lock() {
+            if let Some(f) = face.as_ref() {
+                f.traverse(&visit)?;
+            }
+        }
         if let Ok(fds) = self.shared.fds.try_lock() {
             for w in fds.values() {
                 for h in [&w.reader, &w.writer].into_iter().flatten() {
@@ -372,6 +501,7 @@ impl AioCore {
     }
 
     fn __clear__(&self) {
+        drop(lock(&self.face).take());
         drop(self.shared.drain());
     }
 }
