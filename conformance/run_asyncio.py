@@ -44,6 +44,7 @@ import unittest
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -93,6 +94,9 @@ FAST = [
 
 PASSING = {"pass", "xfail"}
 
+#: How many RustEventLoops the child has made (see L{use_rust_loop}).
+LOOPS_MADE = 0
+
 
 # --- the child: one module on one loop ------------------------------------------
 
@@ -114,6 +118,16 @@ def use_rust_loop() -> None:
                     close()
             super().__init__()
 
+    # Count the loops made, so that each test's record says whether it ran
+    # on one of ours (many tests build a mock loop or a bare BaseEventLoop).
+    made = aio.RustEventLoop.__init__
+
+    def counting_init(self: aio.RustEventLoop, *args: Any, **kw: Any) -> None:
+        global LOOPS_MADE
+        LOOPS_MADE += 1
+        made(self, *args, **kw)
+
+    aio.RustEventLoop.__init__ = counting_init  # type: ignore[method-assign]
     asyncio.DefaultEventLoopPolicy = aio.RustEventLoopPolicy  # type: ignore[misc]
     asyncio.SelectorEventLoop = RustSelectorEventLoop  # type: ignore[misc]
     asyncio.set_event_loop_policy(aio.RustEventLoopPolicy())
@@ -151,6 +165,7 @@ class _Recorder(unittest.TestResult):
         super().startTest(test)
         self.detail = ""
         self.t0 = time.monotonic()
+        self.loops0 = LOOPS_MADE
         self.out.write(json.dumps({"start": test.id()}) + "\n")
         self.out.flush()
 
@@ -166,6 +181,7 @@ class _Recorder(unittest.TestResult):
                     "outcome": outcome,
                     "detail": self.detail[-2000:],
                     "seconds": round(time.monotonic() - self.t0, 3),
+                    "ours": LOOPS_MADE > self.loops0,
                 }
             )
             + "\n"
@@ -241,10 +257,12 @@ def child(
 
 def run_module(
     module: str, loop: str, per_test: float, budget: float, log_dir: Path
-) -> dict[str, tuple[str, str]]:
-    """Outcome and detail per test id of C{module} on C{loop}."""
+) -> tuple[dict[str, tuple[str, str]], set[str]]:
+    """Outcome and detail per test id of C{module} on C{loop}, and the ids of
+    the tests that made a L{RustEventLoop}."""
     results: dict[str, tuple[str, str]] = {}
     durations: dict[str, float] = {}
+    ours: set[str] = set()
     deadline = time.monotonic() + budget
     log = open(log_dir / f"{module}.{loop}.log", "w")
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,6 +321,8 @@ def run_module(
                         raise SystemExit(f"{module} on {loop}: loops are {rec['loop']}")
                 if "seconds" in rec:
                     durations[rec["end"]] = rec["seconds"]
+                if rec.get("ours"):
+                    ours.add(rec["end"])
             if done:
                 break
             if pending is not None and not timed_out:
@@ -331,7 +351,7 @@ def run_module(
         if outcome not in PASSING and outcome != "skip":
             log.write(f"\n{outcome}: {tid}\n{detail}\n")
     log.close()
-    return results
+    return results, ours
 
 
 def load_expected(path: Path = EXPECTED) -> dict[str, str]:
@@ -375,13 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     resolved: list[str] = []
     everything: dict[str, dict[str, dict[str, tuple[str, str]]]] = {}
     rows = []
+    on_ours: dict[str, set[str]] = {}
     for module in modules:
         per_loop: dict[str, dict[str, tuple[str, str]]] = {}
         for loop in loops:
             t0 = time.monotonic()
-            per_loop[loop] = run_module(
+            per_loop[loop], made = run_module(
                 module, loop, args.per_test, args.module_timeout, args.log
             )
+            if loop == "rust":
+                on_ours[module] = made
             took = time.monotonic() - t0
             counts = Counter(o for o, _ in per_loop[loop].values())
             print(
@@ -414,14 +437,24 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((module, default, rust, diffs))
     if rows:
         print()
-        print(f"{'module':<22} {'default':>16} {'rust':>16} {'differences':>12}")
+        # "on ours": the tests that made a RustEventLoop (the others test
+        # CPython's classes on a mock loop, alike on both sides).
+        print(
+            f"{'module':<22} {'default':>10} {'rust':>10} {'on ours':>14} "
+            f"{'differences':>12}"
+        )
         for module, default, rust, diffs in rows:
 
             def cell(res: dict[str, tuple[str, str]]) -> str:
                 c = Counter(o for o, _ in res.values())
                 return f"{sum(c[o] for o in PASSING)}/{len(res)}"
 
-            print(f"{module:<22} {cell(default):>16} {cell(rust):>16} {len(diffs):>12}")
+            mine = on_ours.get(module, set())
+            passed = sum(1 for t in mine if rust.get(t, ("", ""))[0] in PASSING)
+            print(
+                f"{module:<22} {cell(default):>10} {cell(rust):>10} "
+                f"{f'{passed}/{len(mine)}':>14} {len(diffs):>12}"
+            )
         print()
         for _module, _, _, diffs in rows:
             for tid, d, r in diffs:
@@ -431,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    m: {lp: {t: o for t, (o, _) in r.items()} for lp, r in v.items()}
+                    m: {
+                        **{
+                            lp: {t: o for t, (o, _) in r.items()} for lp, r in v.items()
+                        },
+                        "on_ours": sorted(on_ours.get(m, ())),
+                    }
                     for m, v in everything.items()
                 },
                 indent=1,

@@ -32,11 +32,14 @@ one clock. C{call_at(when)} therefore takes a time on the reactor's clock (a
 value computed from C{loop.time()}, as asyncio code does); like Twisted's
 timed calls, it fires early or late if the system clock is stepped.
 
+One heap means C{reactor.getDelayedCalls()} lists asyncio's pending timers
+too (trial's dirty-reactor check sees them), and a timer of a closed face
+stays on the heap, inert, until it is due.
+
 Who drives the loop:
 
-    - C{reactor.run()}: the reactor's C{mainLoop} makes this face the running
-      loop of its thread for as long as it runs (L{reactor_enter}; C{iterate}
-      too), so
+    - C{reactor.run()} (and C{reactor.iterate()}): the face is the running
+      loop of the thread for as long as it runs (L{reactor_enter}), so
       C{asyncio.get_running_loop()} in any reactor callback returns it, and
       tasks, futures and C{asyncio.sleep} work there. C{loop.stop()} then
       stops the reactor; C{run_forever} raises, as on any running loop.
@@ -60,7 +63,13 @@ socket transports, servers and C{sock_*} (C{selector_events}), streams,
 SSL, subprocesses, signals, executors and C{getaddrinfo}, the exception
 handler and debug mode, async generators' shutdown.
 
-@var loop_of: The asyncio face of a reactor (one at a time per reactor).
+Invariants: a reactor has at most one open face (L{loop_of}); a handle runs
+only in a pass of the ready queue, and under C{run}, C{iterate} and
+C{run_forever} with its face as the running loop; the face's
+C{call_soon}, C{call_soon_threadsafe}, C{call_later} and C{call_at}
+instance attributes (the Rust fast paths) exist exactly when debug mode is
+off; every asyncio reader and writer is a registration in the reactor's FD
+set, and C{_selector} only reports them.
 """
 
 from __future__ import annotations
