@@ -148,6 +148,10 @@ class _Recorder(unittest.TestResult):
         super().__init__()
         self.out = out
         self.per_test = per_test
+        # Python 3.12 may stop a test it never started (a skipped class).
+        self.t0 = time.monotonic()
+        self.loops0 = LOOPS_MADE
+        self.detail = ""
         self.outcome: dict[str, str] = {}
 
     def _note(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
