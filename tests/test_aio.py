@@ -676,6 +676,8 @@ def test_run_in_executor_getaddrinfo_and_shutdown(loop: aio.RustEventLoop) -> No
     async def main() -> tuple[int, Any]:
         ident = await loop.run_in_executor(None, threading.get_ident)
         infos = await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
+        host, port = await loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST)
+        assert (host, port) in (("127.0.0.1", "http"), ("127.0.0.1", "80"))
         await loop.shutdown_default_executor()
         await loop.shutdown_asyncgens()
         return ident, infos[0][4]
