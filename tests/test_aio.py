@@ -382,7 +382,25 @@ def test_exceptions_go_to_the_exception_handler(loop: aio.RustEventLoop) -> None
     loop.run_forever()
     assert [type(c["exception"]) for c in contexts] == [ValueError, ValueError]
     assert seen == [1]
-    assert "handle" in contexts[0]
+    # The context Handle._run gives the handler.
+    assert contexts[0]["message"].startswith("Exception in callback ")
+    assert "boom()" in contexts[0]["message"]
+    assert isinstance(contexts[0]["handle"], asyncio.Handle)
+    assert isinstance(contexts[1]["handle"], asyncio.TimerHandle)
+
+
+def test_a_handle_class_with_its_own_run_keeps_it(loop: aio.RustEventLoop) -> None:
+    seen: list[str] = []
+
+    class Traced(asyncio.Handle):
+        def _run(self) -> None:
+            seen.append("own _run")
+            super()._run()
+
+    loop._add_callback(Traced(seen.append, ("callback",), loop))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["own _run", "callback"]
 
 
 def test_the_default_handler_logs(
@@ -846,6 +864,11 @@ def test_handles_are_asyncios_outside_debug_mode_too(loop: aio.RustEventLoop) ->
         loop.call_later(None, print)
     with pytest.raises(TypeError):
         loop.call_at(None, print)
+    # A NaN time would never be due: refused (asyncio's heap takes it).
+    with pytest.raises(ValueError, match="NaN"):
+        loop.call_at(float("nan"), print)
+    with pytest.raises(ValueError, match="NaN"):
+        loop.call_later(float("nan"), print)
     loop.close()
     for call in (loop.call_soon, loop.call_soon_threadsafe):
         with pytest.raises(RuntimeError, match="closed"):

@@ -78,7 +78,7 @@ import socket
 import sys
 import threading
 import time as _time
-from asyncio import base_events, events, unix_events
+from asyncio import base_events, events, format_helpers, unix_events
 from collections.abc import Callable, Coroutine, Mapping
 from contextvars import Context
 from selectors import (
@@ -508,6 +508,22 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
                 )
         finally:
             self._current_handle = None
+
+
+def _callback_failed(handle: events.Handle, exc: BaseException) -> None:
+    """
+    What C{Handle._run} does when the callback raised C{exc} (the Rust pass,
+    C{src/aio/handle.rs}, runs handles and calls this on an exception).
+    """
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context: dict[str, Any] = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 def loop_of(reactor: RustReactor) -> RustEventLoop:

@@ -10,6 +10,12 @@
 //! `None`). In debug mode the face uses its Python methods instead, which
 //! record the source traceback and check the thread and the callback.
 //!
+//! [`run`] is `Handle._run` for the ready queue's pass: the callback runs in
+//! the handle's context (`context.run(callback, *args)`), an exception other
+//! than `SystemExit` and `KeyboardInterrupt` goes to the loop's exception
+//! handler with the context `Handle._run` gives it, and those two propagate.
+//! A handle whose class overrides `_run` has its own `_run` called.
+//!
 //! Invariant: a handle made here has every slot `Handle.__init__` (and
 //! `TimerHandle.__init__`) sets, with the same values.
 
@@ -20,17 +26,25 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 struct Classes {
     handle: Py<PyType>,
+    /// `Handle._run`: a handle whose class has it runs here (see [`run`]).
+    handle_run: Py<PyAny>,
     copy_context: Py<PyAny>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
 
+/// `twisted_shim.aio._callback_failed(handle, exc)`: what `Handle._run` does
+/// with an exception (imported on the first one).
+static CALLBACK_FAILED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
     CLASSES.get_or_try_init(py, || {
         let events = py.import("asyncio.events")?;
         let contextvars = py.import("contextvars")?;
+        let handle = events.getattr("Handle")?.cast_into::<PyType>()?;
         Ok(Classes {
-            handle: events.getattr("Handle")?.cast_into::<PyType>()?.unbind(),
+            handle_run: handle.getattr("_run")?.unbind(),
+            handle: handle.unbind(),
             copy_context: contextvars.getattr("copy_context")?.unbind(),
         })
     })
@@ -116,4 +130,42 @@ pub fn timer<'py>(
     obj.setattr(intern!(py, "_when"), when)?;
     obj.setattr(intern!(py, "_scheduled"), true)?;
     Ok(obj)
+}
+
+/// Run a queued handle as `Handle._run` does (see the module's docs).
+pub fn run(py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+    let classes = classes(py)?;
+    let own_run = handle.get_type().getattr(intern!(py, "_run"))?;
+    if !own_run.is(&classes.handle_run) {
+        handle.call_method0(intern!(py, "_run"))?;
+        return Ok(());
+    }
+    let context = handle.getattr(intern!(py, "_context"))?;
+    let callback = handle.getattr(intern!(py, "_callback"))?;
+    let args = handle
+        .getattr(intern!(py, "_args"))?
+        .cast_into::<PyTuple>()?;
+    let mut call = Vec::with_capacity(args.len() + 1);
+    call.push(callback);
+    call.extend(args.iter());
+    match context.call_method1(intern!(py, "run"), PyTuple::new(py, call)?) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+                || e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) =>
+        {
+            Err(e)
+        }
+        Err(e) => {
+            let failed = CALLBACK_FAILED.get_or_try_init(py, || {
+                PyResult::Ok(
+                    py.import("twisted_shim.aio")?
+                        .getattr("_callback_failed")?
+                        .unbind(),
+                )
+            })?;
+            failed.call1(py, (handle, e.into_value(py)))?;
+            Ok(())
+        }
+    }
 }

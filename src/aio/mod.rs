@@ -236,6 +236,16 @@ pub struct AioCore {
     face: Mutex<Option<handle::Face>>,
 }
 
+/// A timer's time; NaN would never be due (the heap orders it last).
+fn not_nan(when: f64) -> PyResult<f64> {
+    if when.is_nan() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "a timer's time cannot be NaN",
+        ));
+    }
+    Ok(when)
+}
+
 fn closed_error() -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err("Event loop is closed")
 }
@@ -260,6 +270,7 @@ impl AioCore {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let face = self.face(py)?;
+        let when = not_nan(when)?;
         let timer = handle::timer(py, &face, when, callback, args, context)?;
         let call = self.shared.lp().timer_queue().call_at(
             py,
@@ -416,7 +427,7 @@ impl AioCore {
         self.shared
             .lp()
             .timer_queue()
-            .call_at(py, when, func, args, None)
+            .call_at(py, not_nan(when)?, func, args, None)
     }
 
     /// How many handles are queued.

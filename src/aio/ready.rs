@@ -14,7 +14,7 @@
 //!   which is then a poll (the loop does not sleep while the queue is not
 //!   empty);
 //! - a cancelled handle (`_cancelled`) is skipped, not run;
-//! - an exception out of `Handle._run` (only `SystemExit` and
+//! - an exception out of a handle (only `SystemExit` and
 //!   `KeyboardInterrupt`: asyncio's handles pass the rest to the loop's
 //!   exception handler) ends the pass at once and propagates; the handles not
 //!   yet run stay queued, in order.
@@ -38,7 +38,8 @@ pub struct ReadyQueue {
     /// `queue.len()`, readable without the lock (the loop's emptiness checks).
     len: AtomicUsize,
     /// In asyncio's debug mode, the face's function that runs one handle and
-    /// times it (`runner(handle)`); `None`: the pass calls `handle._run()`.
+    /// times it (`runner(handle)`); `None`: the pass runs it as
+    /// `handle._run()` would (`crate::aio::handle::run`).
     runner: Mutex<Option<Py<PyAny>>>,
 }
 
@@ -83,9 +84,11 @@ impl ReadyQueue {
                 continue;
             }
             match &runner {
-                Some(r) => r.call1(py, (handle,))?,
-                None => handle.call_method0(intern!(py, "_run"))?.unbind(),
-            };
+                Some(r) => {
+                    r.call1(py, (handle,))?;
+                }
+                None => crate::aio::handle::run(py, handle)?,
+            }
         }
         Ok(())
     }
@@ -140,8 +143,14 @@ class H:
             raise KeyboardInterrupt
 "#;
 
-    fn handles<'py>(py: Python<'py>, q: &Arc<ReadyQueue>) -> Bound<'py, PyModule> {
-        let m = PyModule::from_code(py, HANDLES, c"handles.py", c"handles").unwrap();
+    /// A fresh module per test (`name`): from_code reuses a module of the
+    /// same name, and the tests run in parallel.
+    fn handles<'py>(
+        py: Python<'py>,
+        q: &Arc<ReadyQueue>,
+        name: &std::ffi::CStr,
+    ) -> Bound<'py, PyModule> {
+        let m = PyModule::from_code(py, HANDLES, c"handles.py", name).unwrap();
         let q = q.clone();
         let push = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _| {
             q.push(args.get_item(0)?.unbind());
@@ -161,7 +170,7 @@ class H:
         Python::initialize();
         Python::attach(|py| {
             let q = Arc::new(ReadyQueue::default());
-            let m = handles(py, &q);
+            let m = handles(py, &q, c"handles_order");
             let h = m.getattr("H").unwrap();
             let later = h.call1(("later",)).unwrap();
             let skipped = h.call1(("skipped",)).unwrap();
@@ -183,7 +192,7 @@ class H:
         Python::initialize();
         Python::attach(|py| {
             let q = Arc::new(ReadyQueue::default());
-            let m = handles(py, &q);
+            let m = handles(py, &q, c"handles_error");
             let h = m.getattr("H").unwrap();
             let kw = pyo3::types::PyDict::new(py);
             kw.set_item("raises", true).unwrap();
