@@ -315,11 +315,15 @@ impl AioCore {
     /// their loop; timers are instances of `timer_class`.
     fn bind(slf: &Bound<'_, Self>, face: Py<PyAny>, timer_class: Py<PyType>) -> PyResult<()> {
         let push = slf.getattr(intern!(slf.py(), "push"))?.unbind();
-        *lock(&slf.get().face) = Some(handle::Face {
+        let new = Some(handle::Face {
             face,
             timer_class,
             push,
         });
+        // The old face is dropped after the lock is released (dropping it
+        // may run Python code).
+        let old = std::mem::replace(&mut *lock(&slf.get().face), new);
+        drop(old);
         Ok(())
     }
 
@@ -512,7 +516,8 @@ impl AioCore {
     }
 
     fn __clear__(&self) {
-        drop(lock(&self.face).take());
+        let face = lock(&self.face).take();
+        drop(face);
         drop(self.shared.drain());
     }
 }
