@@ -117,4 +117,4 @@ fmt: ## cargo fmt and ruff format
 	$(BIN)/ruff format .
 
 clean: ## remove build and test leftovers
-	rm -rf target _trial_temp* .pytest_cache
+	rm -rf target _trial_temp* .pytest_cache _asyncio_conformance
