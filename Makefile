@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-full conformance-peers bench bench-wsgi bench-long fuzz lint fmt clean
+.PHONY: all help venv build run test test-rust test-python services test-pythons conformance conformance-asyncio conformance-full conformance-peers bench bench-wsgi bench-long fuzz lint fmt clean
 
 all: build
 
@@ -66,6 +66,13 @@ conformance: build ## ReactorBuilder suites and core tests, rust and epoll side 
 	$(BIN)/python -m conformance.run_builders
 	$(BIN)/python -m conformance.run_full --name core --suite $(CORE_SUITES)
 	TWISTED_SHIM_TRANSPORT=python $(BIN)/python -m conformance.run_builders --only rust
+	$(BIN)/python -m conformance.run_asyncio --fast
+
+# CPython's test.test_asyncio, every module that runs on Linux, on the default
+# asyncio loop and on twisted_shim.aio side by side (about ten minutes; `make
+# conformance` runs a fast subset).
+conformance-asyncio: build ## CPython's test_asyncio on the default loop and ours, side by side
+	$(BIN)/python -m conformance.run_asyncio
 
 # The whole Twisted suite on rust and epoll (about ten minutes: one trial
 # process each, so that every test's duration is known).
@@ -110,4 +117,4 @@ fmt: ## cargo fmt and ruff format
 	$(BIN)/ruff format .
 
 clean: ## remove build and test leftovers
-	rm -rf target _trial_temp* .pytest_cache
+	rm -rf target _trial_temp* .pytest_cache _asyncio_conformance

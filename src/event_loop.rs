@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::aio::ready::ReadyQueue;
 use crate::calls::ThreadCalls;
 use crate::fdset::{
     readiness_now, FdSet, NativeHandler, Readiness, Registration, Snapshot, Target, Token,
@@ -89,6 +90,9 @@ pub struct Loop {
     fds: Mutex<FdSet>,
     timers: Arc<TimerQueue>,
     calls: ThreadCalls,
+    /// asyncio's ready queue (`crate::aio`): a pass runs in every
+    /// `runUntilCurrent`, and a non-empty queue makes the wait a poll.
+    ready: Arc<ReadyQueue>,
     /// Ends a wait when another thread queued work (see `wait`).
     waker: Waker,
     /// A reusable event buffer; taken out while a wait is under way.
@@ -228,6 +232,16 @@ impl Loop {
         self.notify()
     }
 
+    /// The timer heap, for the asyncio face's `call_at` (`crate::aio`).
+    pub(crate) fn timer_queue(&self) -> &Arc<TimerQueue> {
+        &self.timers
+    }
+
+    /// The asyncio ready queue, for the asyncio face (`crate::aio`).
+    pub(crate) fn ready_queue(&self) -> &Arc<ReadyQueue> {
+        &self.ready
+    }
+
     pub fn notify(&self) -> PyResult<()> {
         self.waker.wake().map_err(os_error)
     }
@@ -279,7 +293,7 @@ impl Loop {
             (fds.has_optimistic() || fds.has_evicted(), !fds.is_empty())
         };
         let timeout = match timeout {
-            _ if queued || !self.calls.is_empty() => Some(Duration::ZERO),
+            _ if queued || !self.calls.is_empty() || !self.ready.is_empty() => Some(Duration::ZERO),
             Some(t) if t.is_nan() || t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::from_secs_f64(t.min(crate::time::LONGEST_TIMEOUT))),
             None => None,
@@ -627,6 +641,7 @@ impl Loop {
             fds: Mutex::new(FdSet::default()),
             timers: Arc::new(TimerQueue::default()),
             calls: ThreadCalls::default(),
+            ready: Arc::new(ReadyQueue::default()),
             events: Mutex::new(None),
             last_sweep: Mutex::new(Instant::now()),
             signal_pipe: Mutex::new(None),
@@ -779,6 +794,9 @@ impl Loop {
         self.timers.insert_fresh(py);
         let now = self.timers.now(py)?;
         self.timers.run_due(py, now);
+        // asyncio's pass: what call_soon, asyncio readiness and the due
+        // TimerHandles just above queued (see crate::aio::ready).
+        self.ready.run_pass(py)?;
         if reactor.getattr(intern!(py, "_justStopped"))?.is_truthy()? {
             reactor.setattr(intern!(py, "_justStopped"), false)?;
             reactor.call_method1(intern!(py, "fireSystemEvent"), (intern!(py, "shutdown"),))?;
@@ -836,6 +854,7 @@ impl Loop {
         }
         self.timers.traverse(&visit)?;
         self.calls.traverse(&visit)?;
+        self.ready.traverse(&visit)?;
         Ok(())
     }
 
@@ -845,6 +864,7 @@ impl Loop {
         lock(&self.signal_pipe).take();
         self.timers.clear();
         self.calls.clear();
+        self.ready.clear();
     }
 }
 

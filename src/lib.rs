@@ -10,6 +10,8 @@
 //!   native Rust handlers), kept in a `slab`;
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
 //! - [`calls`]: the queue behind `callFromThread`;
+//! - [`aio`]: the asyncio face's half of the loop: the ready queue behind
+//!   `call_soon` and asyncio's readers and writers in the FD set;
 //! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
 //! - [`selectable`]: what the dispatch knows of a selectable's class
 //!   (kept per class version);
@@ -26,6 +28,7 @@
 
 use pyo3::prelude::*;
 
+pub mod aio;
 pub mod calls;
 pub mod event_loop;
 pub mod fdset;
@@ -44,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     time::init_pymodule(m)?;
     event_loop::init_pymodule(m)?;
+    aio::init_pymodule(m)?;
     wsgi::init_pymodule(m)?;
     transport::init_pymodule(m)?;
     hooks::init_pymodule(m)?;

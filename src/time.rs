@@ -142,6 +142,22 @@ impl TimerQueue {
             )));
         }
         let time = self.now(py)? + delay;
+        self.call_at(py, time, func, args, kw)
+    }
+
+    /// Schedule `func(*args, **kw)` at `time` on this queue's clock (the
+    /// asyncio face's `call_at`; `call_later` is this at now + delay). A
+    /// time in the past is due at the next pass. `time` must not be NaN:
+    /// callers check (`call_later` its delay, the asyncio face its `when`).
+    #[inline]
+    pub fn call_at(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        time: f64,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kw: Option<Py<PyDict>>,
+    ) -> PyResult<Py<DelayedCall>> {
         // The caller's stack, as Twisted's DelayedCall records it in debug
         // mode (its `[:-2]` drops callLater and __init__, which are not
         // Python frames here).

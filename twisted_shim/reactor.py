@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import classImplements, implementer
 
 from twisted_shim import _core
+from twisted_shim import aio as _aio
 from twisted_shim import tcp as _tcp
 from twisted_shim import unix as _unix
 from twisted_shim.resolver import NumericHostResolver
@@ -90,7 +91,12 @@ class RustReactor(posixbase.PosixReactorBase):
     @ivar callLater: The loop's C{call_later}, bound on the instance so a
         call costs no Python frame; likewise C{callFromThread} and
         C{getDelayedCalls}.
+    @ivar _asyncioFace: The L{twisted_shim.aio.RustEventLoop} on this
+        reactor's loop (L{twisted_shim.aio.loop_of}), made on first use: the
+        running asyncio loop while C{mainLoop} runs.
     """
+
+    _asyncioFace: _aio.RustEventLoop | None = None
 
     # Event bits the loop reports, for code that reads them as epoll's.
     _POLL_DISCONNECTED = _core.POLL_HUP | _core.POLL_ERR
@@ -151,21 +157,42 @@ class RustReactor(posixbase.PosixReactorBase):
     doPoll = doIteration
 
     def iterate(self, delay: float = 0.0) -> None:
-        self._loop.run_until_current(self)
-        self._loop.do_iteration(self, delay)
+        if self._asyncioFace is None:
+            self._loop.run_until_current(self)
+            self._loop.do_iteration(self, delay)
+            return
+        # asyncio's handles run in this pass: with their loop running.
+        face = _aio.reactor_enter(self)
+        try:
+            self._loop.run_until_current(self)
+            self._loop.do_iteration(self, delay)
+        finally:
+            _aio.reactor_leave(face)
 
     def mainLoop(self) -> None:
-        self._loop.run(self)
+        # The face is the running asyncio loop (already, when called from
+        # run()).
+        face = _aio.reactor_enter(self)
+        try:
+            self._loop.run(self)
+        finally:
+            _aio.reactor_leave(face)
         _log.info("Main loop terminated.")
 
     def run(self, installSignalHandlers: bool = True) -> None:
-        self.startRunning(installSignalHandlers=installSignalHandlers)
-        self._installWakeupFD()
+        # asyncio.get_running_loop() in any callback (the startup triggers,
+        # callWhenRunning, included) is this loop's face.
+        face = _aio.reactor_enter(self)
         try:
-            self.mainLoop()
+            self.startRunning(installSignalHandlers=installSignalHandlers)
+            self._installWakeupFD()
+            try:
+                self.mainLoop()
+            finally:
+                self._signals.uninstall()
+                self._uninstallWakeupFD()
         finally:
-            self._signals.uninstall()
-            self._uninstallWakeupFD()
+            _aio.reactor_leave(face)
 
     def _installWakeupFD(self) -> None:
         """
