@@ -524,10 +524,11 @@ fn log_prefix<'py>(
     sel: &Bound<'py, PyAny>,
     facts: ClassFacts,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if facts.logstr_prefix {
+    let name = intern!(py, "logPrefix");
+    if facts.logstr_prefix && !selectable::instance_has(sel, name) {
         return sel.getattr(intern!(py, "logstr"));
     }
-    sel.call_method0(intern!(py, "logPrefix"))
+    sel.call_method0(name)
 }
 
 /// Twisted's `callWithLogger(sel, _doReadOrWrite, sel, fd, event)`, natively.
@@ -592,9 +593,15 @@ fn dispatch_python(
                 in_read = true;
             }
             if !why.is_truthy()? && writable {
+                // doRead ran Python code, which may have closed the
+                // descriptor or replaced doWrite on the instance (as
+                // abortConnection does): ask both again.
+                let native = if readable {
+                    StreamIO::native(sel, facts)
+                } else {
+                    native
+                };
                 why = match native {
-                    // doRead ran Python code, which may have closed the
-                    // descriptor: ask again, as doWrite itself would.
                     Some(io) if readable => {
                         StreamIO::write_ready(io, stream_io::fileno(sel)?)?.into_bound(py)
                     }

@@ -42,7 +42,9 @@ pub mod twisted;
 pub mod wait;
 pub mod wsgi;
 
-#[pymodule]
+// The core relies on the GIL (the loop's locks only satisfy `Sync`; class
+// facts read type objects under it), so a free-threaded build keeps it on.
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     time::init_pymodule(m)?;

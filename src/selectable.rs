@@ -18,12 +18,12 @@
 //! (a connecting `tcp.Client` sets `doRead`/`doWrite` on itself) is not a
 //! class fact: callers check the instance separately.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::time::lock;
 use crate::transport::stream_io;
@@ -58,17 +58,37 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
     next: 0,
 });
 
+/// Whether this CPython marks a class's tag valid by the tag alone (3.13
+/// on: `Py_TPFLAGS_VALID_VERSION_TAG` is no longer set, and an invalid
+/// tag is 0) rather than by that flag (3.11, 3.12).
+static TAG_ALONE: OnceLock<bool> = OnceLock::new();
+
 /// The class's version tag, or 0 when it has no valid one.
 fn version_tag(class: &Bound<'_, PyType>) -> u32 {
+    let tag_alone = *TAG_ALONE.get_or_init(|| class.py().version_info() >= (3, 13));
     let ptr = class.as_type_ptr();
     // SAFETY: `ptr` is a live type object (`class` holds a reference) and
-    // the GIL is held, so no other thread modifies it while two fields of
-    // its struct are read, as CPython's own method cache reads them.
+    // the GIL is held (the module declares it needs the GIL), so no other
+    // thread modifies it while two fields of its struct are read, as
+    // CPython's own method cache reads them.
     let (flags, tag) = unsafe { ((*ptr).tp_flags, (*ptr).tp_version_tag) };
-    if flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG == 0 {
-        0
-    } else {
+    if tag_alone || flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0 {
         tag
+    } else {
+        0
+    }
+}
+
+/// Whether `sel`'s own `__dict__` holds `name` (an instance attribute,
+/// which no class fact can know of).
+pub fn instance_has(sel: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> bool {
+    let py = sel.py();
+    match sel.getattr(intern!(py, "__dict__")) {
+        Ok(dict) => dict
+            .cast::<PyDict>()
+            .map(|d| d.contains(name).unwrap_or(true))
+            .unwrap_or(true),
+        Err(_) => false,
     }
 }
 

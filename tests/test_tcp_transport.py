@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -471,5 +472,99 @@ def test_large_and_small_reads_arrive_intact(reactor: RustReactor) -> None:
         expected = big + b"".join(b"small%d" % j for j in range(i + 1))
         run_until(reactor, lambda e=expected: proto.received == e, f"small read {i}")
     assert proto.received[: len(big)] == big
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+
+
+def test_abort_in_dataReceived_sends_nothing_more(reactor: RustReactor) -> None:
+    """abortConnection() in dataReceived, on an event that is readable and
+    writable at once (data queued, the peer reading), stops the write of
+    the same event, as Twisted's abortConnection (doWrite replaced on the
+    instance) does: nothing written after the abort reaches the peer, and
+    the connection is lost with ConnectionAborted."""
+    lost: list[Any] = []
+
+    class Aborting(protocol.Protocol):
+        def connectionMade(self) -> None:
+            self.transport.socket.setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+            )
+            self.transport.write(b"x" * (1 << 20))  # type: ignore[union-attr]
+
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.write(b"Y" * 10000)  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reason)
+
+    proto = Aborting()
+    proto.transport = None
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    peer.connect(("127.0.0.1", port.getHost().port))
+    run_until(reactor, lambda: proto.transport is not None, "the connection accepted")
+    port.stopListening()
+    peer.setblocking(False)
+    got = bytearray()
+
+    def drain() -> None:
+        try:
+            while chunk := peer.recv(65536):
+                got.extend(chunk)
+        except (BlockingIOError, ConnectionResetError):
+            pass
+
+    def pending() -> int:
+        t: Any = proto.transport
+        if hasattr(t, "_queued"):
+            return int(t._queued())
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    # Let the queue shrink to what one write can send, so the socket is
+    # writable; then make the next event readable too.
+    for _ in range(MAX_ITERATIONS):
+        reactor.iterate(0.005)
+        drain()
+        if pending() <= 24576:
+            break
+    assert pending() <= 24576
+    assert not lost, lost
+    peer.send(b"abort")
+    time.sleep(0.05)
+    drain()
+    # One iteration dispatches the readable-and-writable event; what it
+    # wrote is read before the next one resets the connection.
+    reactor.iterate(0)
+    time.sleep(0.05)
+    drain()
+    run_until(reactor, lambda: bool(lost), "the connection lost")
+    drain()
+    peer.close()
+    assert got.count(b"Y") == 0
+    assert lost[0].check(error.ConnectionAborted)
+
+
+def test_instance_logPrefix_is_called(reactor: RustReactor) -> None:
+    """A logPrefix set on a transport instance names its log context, as
+    Twisted's callWithLogger asks the instance."""
+    seen: list[str] = []
+
+    class Recording(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            from twisted.python import context, log
+
+            seen.append(context.get(log.ILogContext)["system"])
+            super().dataReceived(data)
+
+    proto = Recording()
+    transport, peer = accepted(reactor, proto)
+    transport.logPrefix = lambda: "on the instance"
+    peer.sendall(b"x")
+    run_until(reactor, lambda: proto.received == b"x", "x read")
+    assert seen == ["on the instance"]
     peer.close()
     run_until(reactor, lambda: proto.lost is not None, "the connection lost")

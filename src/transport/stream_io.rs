@@ -55,13 +55,13 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
-use crate::selectable::ClassFacts;
+use crate::selectable::{self, ClassFacts};
 use crate::time::lock;
 use crate::twisted::api;
 
@@ -418,13 +418,10 @@ impl StreamIO {
         }
         let io = sel.cast::<Self>().ok()?;
         let py = sel.py();
-        if let Ok(dict) = sel.getattr(intern!(py, "__dict__")) {
-            let dict = dict.cast::<PyDict>().ok()?;
-            if dict.contains(intern!(py, "doRead")).ok()?
-                || dict.contains(intern!(py, "doWrite")).ok()?
-            {
-                return None;
-            }
+        if selectable::instance_has(sel, intern!(py, "doRead"))
+            || selectable::instance_has(sel, intern!(py, "doWrite"))
+        {
+            return None;
         }
         Some(io)
     }
