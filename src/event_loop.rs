@@ -524,11 +524,10 @@ fn log_prefix<'py>(
     sel: &Bound<'py, PyAny>,
     facts: ClassFacts,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let name = intern!(py, "logPrefix");
-    if facts.logstr_prefix && !selectable::instance_has(sel, name) {
+    if facts.logstr_prefix {
         return sel.getattr(intern!(py, "logstr"));
     }
-    sel.call_method0(name)
+    sel.call_method0(intern!(py, "logPrefix"))
 }
 
 /// Twisted's `callWithLogger(sel, _doReadOrWrite, sel, fd, event)`, natively.
@@ -597,7 +596,7 @@ fn dispatch_python(
                 // descriptor or replaced doWrite on the instance (as
                 // abortConnection does): ask both again.
                 let native = if readable {
-                    StreamIO::native(sel, facts)
+                    StreamIO::native(sel, selectable::facts(sel))
                 } else {
                     native
                 };

@@ -15,8 +15,9 @@
 //! so a kept answer is always the one the lookups would give now, and a
 //! class freed and another made at the same address cannot match. A class
 //! without a valid tag is asked afresh every time. What is on the instance
-//! (a connecting `tcp.Client` sets `doRead`/`doWrite` on itself) is not a
-//! class fact: callers check the instance separately.
+//! (a connecting `tcp.Client` sets `doRead`/`doWrite` on itself, and
+//! `abortConnection` replaces them) is not a class fact: [`facts`] takes
+//! it off with one look at the instance dictionary per call.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -79,21 +80,38 @@ fn version_tag(class: &Bound<'_, PyType>) -> u32 {
     }
 }
 
-/// Whether `sel`'s own `__dict__` holds `name` (an instance attribute,
-/// which no class fact can know of).
-pub fn instance_has(sel: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> bool {
-    let py = sel.py();
-    match sel.getattr(intern!(py, "__dict__")) {
-        Ok(dict) => dict
-            .cast::<PyDict>()
-            .map(|d| d.contains(name).unwrap_or(true))
-            .unwrap_or(true),
-        Err(_) => false,
+/// `facts`, less what `sel`'s own `__dict__` overrides (an instance
+/// attribute, which no class fact can know of): one lookup of the
+/// instance dictionary, only when some fact holds.
+fn less_instance(sel: &Bound<'_, PyAny>, mut facts: ClassFacts) -> ClassFacts {
+    if facts == ClassFacts::default() {
+        return facts;
     }
+    let py = sel.py();
+    let Ok(dict) = sel.getattr(intern!(py, "__dict__")) else {
+        return facts; // no instance dictionary: nothing overridden
+    };
+    let Ok(dict) = dict.cast::<PyDict>() else {
+        return ClassFacts::default(); // not a dict: assume everything is
+    };
+    let has = |name: &Bound<'_, PyString>| dict.contains(name).unwrap_or(true);
+    if facts.stream_io && (has(intern!(py, "doRead")) || has(intern!(py, "doWrite"))) {
+        facts.stream_io = false;
+    }
+    if facts.logstr_prefix && has(intern!(py, "logPrefix")) {
+        facts.logstr_prefix = false;
+    }
+    facts
+}
+
+/// What the dispatch may take as given for `sel` now: its class's facts
+/// (kept per class version) less what the instance overrides.
+pub fn facts(sel: &Bound<'_, PyAny>) -> ClassFacts {
+    less_instance(sel, class_facts(sel))
 }
 
 /// The facts of `sel`'s class, from the cache when its tag still matches.
-pub fn facts(sel: &Bound<'_, PyAny>) -> ClassFacts {
+fn class_facts(sel: &Bound<'_, PyAny>) -> ClassFacts {
     let class = sel.get_type();
     let address = class.as_type_ptr() as usize;
     let tag = version_tag(&class);

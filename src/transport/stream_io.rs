@@ -61,7 +61,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
-use crate::selectable::{self, ClassFacts};
+use crate::selectable::ClassFacts;
 use crate::time::lock;
 use crate::twisted::api;
 
@@ -404,11 +404,11 @@ impl StreamIO {
         same(intern!(py, "doRead"), read) && same(intern!(py, "doWrite"), write)
     }
 
-    /// `sel` as a `StreamIO` to call directly, given what its class is
-    /// ([`crate::selectable::facts`]): the class keeps this class's
-    /// `doRead` and `doWrite`, and the instance does not override them (a
-    /// connecting `tcp.Client` sets both to `doConnect` until the
-    /// connection is made).
+    /// `sel` as a `StreamIO` to call directly, given what the dispatch
+    /// knows of it ([`crate::selectable::facts`]): its class keeps this
+    /// class's `doRead` and `doWrite` and the instance does not override
+    /// them (a connecting `tcp.Client` sets both to `doConnect` until the
+    /// connection is made; `abortConnection` replaces them).
     pub(crate) fn native<'a, 'py>(
         sel: &'a Bound<'py, PyAny>,
         facts: ClassFacts,
@@ -416,14 +416,7 @@ impl StreamIO {
         if !facts.stream_io {
             return None;
         }
-        let io = sel.cast::<Self>().ok()?;
-        let py = sel.py();
-        if selectable::instance_has(sel, intern!(py, "doRead"))
-            || selectable::instance_has(sel, intern!(py, "doWrite"))
-        {
-            return None;
-        }
-        Some(io)
+        sel.cast::<Self>().ok()
     }
 
     /// `FileDescriptor.write` without the TLS routing.
