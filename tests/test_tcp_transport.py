@@ -92,12 +92,17 @@ class HalfCloser(Recorder):
         self.write_lost = True
 
 
-def accepted(reactor: RustReactor, proto: Recorder) -> tuple[Any, socket.socket]:
-    """Listen, connect a blocking peer, and return (the server-side
-    transport, the peer)."""
+def accepted(
+    reactor: RustReactor, proto: Recorder, transport: type | None = None
+) -> tuple[Any, socket.socket]:
+    """Listen (with C{transport} as the port's transport class, if given),
+    connect a blocking peer, and return (the server-side transport, the
+    peer)."""
     factory = protocol.ServerFactory()
     factory.protocol = lambda: proto  # type: ignore[assignment]
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    if transport is not None:
+        port.transport = transport
     peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
     run_until(reactor, lambda: proto.made, "the connection accepted")
     port.stopListening()
@@ -389,14 +394,7 @@ def test_overridden_doRead_and_doWrite_are_called(reactor: RustReactor) -> None:
             return "Counting"
 
     proto = Recorder()
-    factory = protocol.ServerFactory()
-    factory.protocol = lambda: proto  # type: ignore[assignment]
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    port.transport = Counting
-    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
-    run_until(reactor, lambda: proto.made, "the connection accepted")
-    port.stopListening()
-    transport = proto.transport
+    transport, peer = accepted(reactor, proto, Counting)
     peer.sendall(b"ping")
     run_until(reactor, lambda: proto.received == b"ping", "ping read")
     assert calls == ["read"] and prefixes == ["Counting"]
@@ -426,13 +424,7 @@ def test_a_class_modified_later_is_seen(reactor: RustReactor) -> None:
         pass
 
     proto = Recorder()
-    factory = protocol.ServerFactory()
-    factory.protocol = lambda: proto  # type: ignore[assignment]
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    port.transport = Plain
-    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
-    run_until(reactor, lambda: proto.made, "the connection accepted")
-    port.stopListening()
+    _, peer = accepted(reactor, proto, Plain)
     peer.sendall(b"one")
     run_until(reactor, lambda: proto.received == b"one", "the first read")
 
