@@ -300,15 +300,19 @@ impl StreamIO {
         Ok(None)
     }
 
+    /// Write the queue to `fd` until it is empty (`Ok(true)`) or the
+    /// socket is full (`Ok(false)`).
+    fn flush_queue(slf: &Bound<'_, Self>, fd: RawFd) -> io::Result<bool> {
+        let me = slf.borrow();
+        let mut q = lock(&me.queue);
+        q.flush(slf.py(), fd)
+    }
+
     /// `doWrite` on descriptor `fd` (the loop passes the one it checked).
     pub(crate) fn write_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = slf.as_any();
-        let flushed = {
-            let me = slf.borrow();
-            let mut q = lock(&me.queue);
-            q.flush(py, fd)
-        };
+        let flushed = Self::flush_queue(slf, fd);
         match flushed {
             Err(_) => return Ok(api(py)?.connection_lost.clone_ref(py)),
             Ok(false) => return Ok(py.None()),
@@ -345,11 +349,7 @@ impl StreamIO {
     pub(crate) fn flush_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<bool> {
         let py = slf.py();
         let obj = slf.as_any();
-        let flushed = {
-            let me = slf.borrow();
-            let mut q = lock(&me.queue);
-            q.flush(py, fd)
-        };
+        let flushed = Self::flush_queue(slf, fd);
         match flushed {
             Err(_) => return Ok(false),
             Ok(false) => return Ok(true),
