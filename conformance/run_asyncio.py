@@ -24,7 +24,9 @@ the test counts as C{hang} and the child is restarted on the tests not yet
 run), and each module and loop a total (C{--module-timeout}, 900 s: the
 tests not run by then count as C{timeout}).
 
-Prints per module: tests passing on default, on ours, and every difference.
+Prints per module: tests passing on default, on ours, and every difference;
+last a line C{N passed, N failed} for our loop, as the other runners do
+("failed": passing on the default loop, not on ours, not expected).
 Exits non-zero when a test that passes on the default loop does not pass on
 ours and is not listed in C{expected_asyncio.txt} (C{id | result on rust |
 reason}); listed tests that pass now are reported, to be removed.
@@ -487,8 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nPassing on the default loop, not on rust, not expected:")
         for line in unexpected:
             print("  " + line)
-        return 1
-    return 0
+    # The closing line of the other runners: what passes on our loop, and
+    # what fails there that passes on the default loop and is not expected.
+    passing = sum(1 for _, _, rust, _ in rows for o, _ in rust.values() if o in PASSING)
+    failed = sum(1 for line in unexpected if not line.startswith(" "))
+    print(f"\n{passing} passed, {failed} failed")
+    return 1 if unexpected else 0
 
 
 if __name__ == "__main__":
