@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test-pythons`: for every CPython 3.11+ on PATH (or under pyenv) other
 # than the one in
-# .venv: build the extension for it and run the reactor, asyncio face, HTTP,
+# .venv: build the extension for it and run the reactor, transport, asyncio face, HTTP,
 # PEP 3333, pause_output and CLI tests and Twisted's ReactorBuilder suites
 # there.
 #
@@ -36,6 +36,7 @@ for minor in 11 12 13 14; do
         "maturin>=1.9.4,<2" "pytest>=8" h11 treq
     VIRTUAL_ENV="$PWD/$venv" PATH="$PWD/$venv/bin:$PATH" "$venv/bin/maturin" develop --release -q
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_reactor.py \
+        tests/test_tcp_transport.py tests/test_unix_transport.py \
         tests/test_http_protocol.py tests/test_pep3333.py tests/test_pause_output.py \
         tests/test_cli.py tests/test_threaded.py tests/test_twist_plugin.py \
         tests/test_aio.py

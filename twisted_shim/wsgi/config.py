@@ -388,7 +388,7 @@ class ServeOptions:
         50_000,
         "--gc-threshold",
         "allocations between the garbage collector's young collections "
-        "(Python's own default is 700; 0 keeps it); objects made at startup "
+        "(Python's own default is 700, 2000 from 3.13; 0 keeps it); objects made at startup "
         "are frozen out of collections either way (gc.freeze)",
         metavar="N",
         parse=non_negative_int,
