@@ -370,11 +370,15 @@ impl Loop {
             }
         }
         let flushed = !ready.is_empty();
-        self.dispatch(py, reactor, ready)?;
+        // The writers are armed even when the dispatch failed part-way, so
+        // none is left waiting for an EPOLLOUT it never asked for.
+        let dispatched = self.dispatch(py, reactor, ready);
         let mut fds = lock(&self.fds);
         for key in keys {
             fds.arm_if_writing(&self.poller(), key).map_err(os_error)?;
         }
+        drop(fds);
+        dispatched?;
         Ok(flushed)
     }
 
