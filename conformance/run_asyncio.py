@@ -48,6 +48,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from conformance import tables
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXPECTED = HERE / "expected_asyncio.txt"
@@ -361,16 +363,12 @@ def run_module(
 
 
 def load_expected(path: Path = EXPECTED) -> dict[str, str]:
-    expected: dict[str, str] = {}
     if not path.exists():
-        return expected
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        test_id, on_rust, reason = (p.strip() for p in line.split("|", 2))
-        expected[test_id] = f"{reason} (on rust: {on_rust})"
-    return expected
+        return {}
+    return {
+        test_id: f"{reason} (on rust: {on_rust})"
+        for test_id, on_rust, reason in tables.rows(path, 3)
+    }
 
 
 def short(test_id: str) -> str:

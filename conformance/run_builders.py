@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from conformance import timing
+from conformance import tables, timing
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected_failures.txt"
@@ -40,14 +40,10 @@ def load_expected(path: Path = EXPECTED) -> dict[str, str]:
     Read the expected-failures file: C{id | result on epoll | reason} per
     line, where C{id} is a reactor-neutral test id (see L{neutral_id}).
     """
-    expected: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        test_id, on_epoll, reason = (part.strip() for part in line.split("|", 2))
-        expected[test_id] = f"{reason} (on epoll: {on_epoll})"
-    return expected
+    return {
+        test_id: f"{reason} (on epoll: {on_epoll})"
+        for test_id, on_epoll, reason in tables.rows(path, 3)
+    }
 
 
 def neutral_id(test_id: str) -> tuple[str, str]:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from conformance import tables
+
 HERE = Path(__file__).resolve().parent
 EXPECTED_SLOW = HERE / "expected_slow.txt"
 
@@ -160,16 +162,12 @@ def confirm(slow: list[Slow], rerun: Rerun) -> tuple[list[Slow], list[Slow]]:
 
 def load_expected_slow(path: Path = EXPECTED_SLOW) -> dict[str, str]:
     """Test id -> why it is slower on rust, with the timings recorded."""
-    expected: dict[str, str] = {}
     if not path.exists():
-        return expected
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        test_id, rust, epoll, reason = (p.strip() for p in line.split("|", 3))
-        expected[test_id] = f"{reason} (recorded: rust {rust} s, epoll {epoll} s)"
-    return expected
+        return {}
+    return {
+        test_id: f"{reason} (recorded: rust {rust} s, epoll {epoll} s)"
+        for test_id, rust, epoll, reason in tables.rows(path, 4)
+    }
 
 
 def wall_table(rows: Iterable[tuple[str, float, float]]) -> None:
