@@ -353,9 +353,7 @@ impl AioCore {
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let face = self.face(py)?;
-        let h = handle::handle(py, &face, callback, args, context)?;
-        self.shared.ready.push(h.clone_ref(py));
+        let h = self.call_soon(py, callback, args, context)?;
         self.shared.lp().notify()?;
         Ok(h)
     }
