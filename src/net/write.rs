@@ -129,25 +129,27 @@ impl WriteQueue {
                     }
                 }
                 Some(_) => {
-                    let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
+                    let mut iov = [libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    }; MAX_IOV];
+                    let mut count = 0;
                     for c in self.chunks.iter() {
                         let slice: &[u8] = match c {
                             Chunk::Owned(buf, off) => &buf[*off..],
                             Chunk::Py(obj, start, end) => &obj.bind(py).as_bytes()[*start..*end],
                             Chunk::File { .. } => break,
                         };
-                        iov.push(libc::iovec {
+                        iov[count] = libc::iovec {
                             iov_base: slice.as_ptr() as *mut libc::c_void,
                             iov_len: slice.len(),
-                        });
-                        if iov.len() == MAX_IOV {
+                        };
+                        count += 1;
+                        if count == MAX_IOV {
                             break;
                         }
                     }
-                    // SAFETY: every iovec points into a buffer owned by a queued
-                    // chunk (a Vec or a live bytes object, with the GIL held),
-                    // none of which changes before writev returns.
-                    let n = unsafe { libc::writev(sock, iov.as_ptr(), iov.len() as libc::c_int) };
+                    let n = write_some(sock, &iov[..count]);
                     if n < 0 {
                         let e = io::Error::last_os_error();
                         return match e.kind() {
@@ -209,4 +211,22 @@ impl WriteQueue {
             self.chunks.pop_front();
         }
     }
+}
+
+/// One write of `iov` to `sock`: `send` for a single buffer (the socket's
+/// own path, cheaper in the kernel than `writev`'s file path), `writev`
+/// for several, or for a descriptor that is not a socket. The result is
+/// the system call's (-1 with `errno` set on failure).
+fn write_some(sock: RawFd, iov: &[libc::iovec]) -> isize {
+    if let [one] = iov {
+        // SAFETY: `one` points at `iov_len` readable bytes (see `flush`).
+        let n = unsafe { libc::send(sock, one.iov_base, one.iov_len, libc::MSG_NOSIGNAL) };
+        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOTSOCK) {
+            return n;
+        }
+    }
+    // SAFETY: every iovec points into a buffer owned by a queued chunk (a
+    // Vec or a live bytes object, with the GIL held), none of which changes
+    // before writev returns.
+    unsafe { libc::writev(sock, iov.as_ptr(), iov.len() as libc::c_int) }
 }
