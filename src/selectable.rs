@@ -88,7 +88,19 @@ fn less_instance(sel: &Bound<'_, PyAny>, mut facts: ClassFacts) -> ClassFacts {
         return facts;
     }
     let py = sel.py();
-    let Ok(dict) = sel.getattr(intern!(py, "__dict__")) else {
+    // The instance dictionary itself, as attribute lookup reads it (not
+    // whatever a class's own `__dict__` attribute would return), without
+    // looking `__dict__` up through the class.
+    // SAFETY: `sel` is a live object and the GIL is held; the function
+    // returns a new reference or NULL with an exception set, both taken
+    // over by `from_owned_ptr_or_err`.
+    let dict = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_GenericGetDict(sel.as_ptr(), std::ptr::null_mut()),
+        )
+    };
+    let Ok(dict) = dict else {
         return facts; // no instance dictionary: nothing overridden
     };
     let Ok(dict) = dict.cast::<PyDict>() else {
