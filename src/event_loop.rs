@@ -259,6 +259,18 @@ impl Loop {
                 )))
             }
         };
+        self.add_fd(py, sel, fd, read)
+    }
+
+    /// [`Loop::add`] for a selectable whose `fileno()` is known to be `fd`
+    /// (a native transport inside the dispatch that checked it).
+    pub(crate) fn add_fd(
+        &self,
+        py: Python<'_>,
+        sel: &Bound<'_, PyAny>,
+        fd: RawFd,
+        read: bool,
+    ) -> PyResult<bool> {
         match lock(&self.fds).add_python(py, &self.poller(), fd, sel, read) {
             Ok(()) => Ok(true),
             // epoll cannot watch regular files; the caller polls them
@@ -271,6 +283,17 @@ impl Loop {
     pub(crate) fn remove(&self, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         // A selectable whose fileno() fails is looked up by identity.
         let fd = fileno_of(sel).unwrap_or(None);
+        self.remove_fd(sel, fd, read)
+    }
+
+    /// [`Loop::remove`] for a selectable whose `fileno()` is known to be
+    /// `fd` (`None`: -1, or it failed).
+    pub(crate) fn remove_fd(
+        &self,
+        sel: &Bound<'_, PyAny>,
+        fd: Option<RawFd>,
+        read: bool,
+    ) -> PyResult<bool> {
         lock(&self.fds)
             .remove_python(&self.poller(), fd, sel, read)
             .map_err(os_error)

@@ -47,7 +47,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyTypeError;
@@ -78,6 +78,33 @@ pub struct StreamIO {
     /// Whether the last read filled at least half of `bufferSize`: then
     /// the next one receives straight into its `bytes` object.
     large_reads: AtomicBool,
+    /// The descriptor the loop checked (its `fileno()`) for the event being
+    /// dispatched to this transport, -1 outside one: what `startWriting`
+    /// and the like register under while it runs, without asking
+    /// `fileno()` again ([`Dispatching`]).
+    dispatch_fd: AtomicI32,
+}
+
+/// While alive: `io` is being dispatched an event on descriptor `fd`, which
+/// the loop has just checked is its `fileno()`. The descriptor of the
+/// event before, if any (a transport's callbacks do not nest, but nothing
+/// is assumed), is restored on drop.
+struct Dispatching<'a> {
+    io: &'a StreamIO,
+    before: RawFd,
+}
+
+impl<'a> Dispatching<'a> {
+    fn new(io: &'a StreamIO, fd: RawFd) -> Self {
+        let before = io.dispatch_fd.swap(fd, Ordering::Relaxed);
+        Dispatching { io, before }
+    }
+}
+
+impl Drop for Dispatching<'_> {
+    fn drop(&mut self) {
+        self.io.dispatch_fd.store(self.before, Ordering::Relaxed);
+    }
 }
 
 /// The buffer every transport's `doRead` receives into before the bytes
@@ -248,11 +275,16 @@ impl StreamIO {
         let obj = slf.as_any();
         if let Some(lp) = Self::reactor_loop(slf)? {
             let lp = lp.get();
-            if add {
-                if lp.add(py, obj, reading)? {
-                    return Ok(());
-                }
-            } else if lp.remove(obj, reading)? {
+            // Inside a dispatch to this transport, the descriptor the loop
+            // has just checked is its fileno().
+            let known = slf.borrow().dispatch_fd.load(Ordering::Relaxed);
+            let done = match (add, known >= 0) {
+                (true, true) => lp.add_fd(py, obj, known, reading)?,
+                (true, false) => lp.add(py, obj, reading)?,
+                (false, true) => lp.remove_fd(obj, Some(known), reading)?,
+                (false, false) => lp.remove(obj, reading)?,
+            };
+            if done {
                 return Ok(());
             }
         }
@@ -312,6 +344,8 @@ impl StreamIO {
     pub(crate) fn write_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = slf.as_any();
+        let me = slf.borrow();
+        let _dispatching = Dispatching::new(&me, fd);
         let flushed = Self::flush_queue(slf, fd);
         match flushed {
             Err(_) => return Ok(api(py)?.connection_lost.clone_ref(py)),
@@ -349,6 +383,8 @@ impl StreamIO {
     pub(crate) fn flush_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<bool> {
         let py = slf.py();
         let obj = slf.as_any();
+        let me = slf.borrow();
+        let _dispatching = Dispatching::new(&me, fd);
         let flushed = Self::flush_queue(slf, fd);
         match flushed {
             Err(_) => return Ok(false),
@@ -369,6 +405,8 @@ impl StreamIO {
     pub(crate) fn read_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = slf.as_any();
+        let me = slf.borrow();
+        let _dispatching = Dispatching::new(&me, fd);
         let size = buffer_size(obj).max(1);
         let direct = slf.borrow().large_reads.load(Ordering::Relaxed);
         let data = match receive(py, fd, size, direct)? {
@@ -463,6 +501,7 @@ impl StreamIO {
             queue: Mutex::new(WriteQueue::default()),
             reactor_loop: OnceLock::new(),
             large_reads: AtomicBool::new(false),
+            dispatch_fd: AtomicI32::new(-1),
         }
     }
 
