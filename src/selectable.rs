@@ -65,7 +65,7 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
 static TAG_ALONE: OnceLock<bool> = OnceLock::new();
 
 /// The class's version tag, or 0 when it has no valid one.
-fn version_tag(class: &Bound<'_, PyType>) -> u32 {
+pub(crate) fn version_tag(class: &Bound<'_, PyType>) -> u32 {
     let tag_alone = *TAG_ALONE.get_or_init(|| class.py().version_info() >= (3, 13));
     let ptr = class.as_type_ptr();
     // SAFETY: `ptr` is a live type object (`class` holds a reference) and

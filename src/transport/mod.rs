@@ -9,7 +9,11 @@
 //!   UNIX socket carries (`sendFileDescriptor`, `recvmsg`/`sendmsg` with
 //!   `SCM_RIGHTS`), a base of the UNIX transports in
 //!   `twisted_shim/unix.py` over Twisted's `unix.Server` and `unix.Client`.
+//! - [`state`]: Twisted's state attributes of a transport (`connected`,
+//!   `producer`, ...), read as attribute lookup does at a dictionary
+//!   lookup's cost.
 
+mod state;
 pub mod stream_io;
 pub mod unix_io;
 

@@ -58,6 +58,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::state::{Attr, State};
 use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
@@ -222,8 +223,12 @@ fn must_be_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>>
         .map_err(|_| PyTypeError::new_err("Data must be bytes"))
 }
 
-fn attr_true(obj: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) -> PyResult<bool> {
-    obj.getattr(name)?.is_truthy()
+/// `bufferSize`, read through `state`.
+fn buffer_size_of(state: &State<'_>) -> usize {
+    state
+        .get(Attr::BufferSize)
+        .and_then(|v| v.extract::<usize>())
+        .unwrap_or(DEFAULT_BUFFER)
 }
 
 pub(crate) fn buffer_size(obj: &Bound<'_, PyAny>) -> usize {
@@ -240,7 +245,11 @@ pub(crate) fn fileno(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 impl StreamIO {
     /// Queue `chunks` (already checked) and do what `FileDescriptor.write`
     /// does after appending.
-    fn queue_and_start(slf: &Bound<'_, Self>, chunks: &[Bound<'_, PyBytes>]) -> PyResult<()> {
+    fn queue_and_start(
+        slf: &Bound<'_, Self>,
+        chunks: &[Bound<'_, PyBytes>],
+        state: &State<'_>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let obj = slf.as_any();
         let queued = {
@@ -254,10 +263,10 @@ impl StreamIO {
         };
         // _maybePauseProducer (a UNIX transport's buffer is full of
         // descriptors too)
-        let producer = obj.getattr(intern!(py, "producer"))?;
+        let producer = state.get(Attr::Producer)?;
         if !producer.is_none()
-            && attr_true(obj, intern!(py, "streamingProducer"))?
-            && (queued > buffer_size(obj) || unix_io::descriptors_full(obj)?)
+            && state.is_true(Attr::StreamingProducer)?
+            && (queued > buffer_size_of(state) || unix_io::descriptors_full(obj)?)
         {
             obj.setattr(intern!(py, "producerPaused"), true)?;
             producer.call_method0(intern!(py, "pauseProducing"))?;
@@ -321,13 +330,12 @@ impl StreamIO {
     /// Whether `write` should go through the TLS layer (`_newtls`'s
     /// `ConnectionMixin.write`): TLS was started and the connection is up.
     /// `Some(protocol)` to write to.
-    fn tls_target<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let py = obj.py();
-        if !attr_true(obj, intern!(py, "TLS"))? {
+    fn tls_target<'py>(state: &State<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if !state.is_true(Attr::Tls)? {
             return Ok(None);
         }
-        if attr_true(obj, intern!(py, "connected"))? {
-            return Ok(Some(obj.getattr(intern!(py, "protocol"))?));
+        if state.is_true(Attr::Connected)? {
+            return Ok(Some(state.get(Attr::Protocol)?));
         }
         Ok(None)
     }
@@ -354,18 +362,18 @@ impl StreamIO {
         }
         // Everything went: what FileDescriptor.doWrite does then.
         Self::watch(slf, false, false)?;
-        let producer = obj.getattr(intern!(py, "producer"))?;
+        let state = State::new(obj);
+        let producer = state.get(Attr::Producer)?;
         if !producer.is_none()
-            && (!attr_true(obj, intern!(py, "streamingProducer"))?
-                || attr_true(obj, intern!(py, "producerPaused"))?)
+            && (!state.is_true(Attr::StreamingProducer)? || state.is_true(Attr::ProducerPaused)?)
         {
             obj.setattr(intern!(py, "producerPaused"), false)?;
             producer.call_method0(intern!(py, "resumeProducing"))?;
-        } else if attr_true(obj, intern!(py, "disconnecting"))? {
+        } else if state.is_true(Attr::Disconnecting)? {
             return Ok(obj
                 .call_method0(intern!(py, "_postLoseConnection"))?
                 .unbind());
-        } else if attr_true(obj, intern!(py, "_writeDisconnecting"))? {
+        } else if state.is_true(Attr::WriteDisconnecting)? {
             obj.setattr(intern!(py, "_writeDisconnected"), true)?;
             return Ok(obj
                 .call_method0(intern!(py, "_closeWriteConnection"))?
@@ -381,7 +389,6 @@ impl StreamIO {
     /// stops). `false`: call `doWrite` as usual (what is left of it is
     /// Python code, or the write failed and `doWrite` reports it).
     pub(crate) fn flush_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<bool> {
-        let py = slf.py();
         let obj = slf.as_any();
         let me = slf.borrow();
         let _dispatching = Dispatching::new(&me, fd);
@@ -391,9 +398,10 @@ impl StreamIO {
             Ok(false) => return Ok(true),
             Ok(true) => {}
         }
-        if !obj.getattr(intern!(py, "producer"))?.is_none()
-            || attr_true(obj, intern!(py, "disconnecting"))?
-            || attr_true(obj, intern!(py, "_writeDisconnecting"))?
+        let state = State::new(obj);
+        if !state.get(Attr::Producer)?.is_none()
+            || state.is_true(Attr::Disconnecting)?
+            || state.is_true(Attr::WriteDisconnecting)?
         {
             return Ok(false);
         }
@@ -407,19 +415,20 @@ impl StreamIO {
         let obj = slf.as_any();
         let me = slf.borrow();
         let _dispatching = Dispatching::new(&me, fd);
-        let size = buffer_size(obj).max(1);
-        let direct = slf.borrow().large_reads.load(Ordering::Relaxed);
+        let state = State::new(obj);
+        let size = buffer_size_of(&state).max(1);
+        let direct = me.large_reads.load(Ordering::Relaxed);
         let data = match receive(py, fd, size, direct)? {
             Received::Data(data) => data,
             Received::Again => return Ok(py.None()),
             Received::End => return Ok(api(py)?.connection_done.clone_ref(py)),
             Received::Failed => return Ok(api(py)?.connection_lost.clone_ref(py)),
         };
-        slf.borrow()
-            .large_reads
+        me.large_reads
             .store(data.as_bytes().len() * 2 >= size, Ordering::Relaxed);
-        obj.getattr(intern!(py, "protocol"))?
-            .call_method1(intern!(py, "dataReceived"), (data,))?;
+        let protocol = state.get(Attr::Protocol)?;
+        drop(state);
+        protocol.call_method1(intern!(py, "dataReceived"), (data,))?;
         Ok(py.None())
     }
 
@@ -458,37 +467,37 @@ impl StreamIO {
     }
 
     /// `FileDescriptor.write` without the TLS routing.
-    fn raw_write_impl(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
+    fn raw_write_impl(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        state: &State<'_>,
+    ) -> PyResult<()> {
         let data = must_be_bytes(data)?;
-        let obj = slf.as_any();
-        if !attr_true(obj, intern!(py, "connected"))?
-            || attr_true(obj, intern!(py, "_writeDisconnected"))?
-        {
+        if !state.is_true(Attr::Connected)? || state.is_true(Attr::WriteDisconnected)? {
             return Ok(());
         }
         if data.as_bytes().is_empty() {
             return Ok(());
         }
-        Self::queue_and_start(slf, std::slice::from_ref(&data))
+        Self::queue_and_start(slf, std::slice::from_ref(&data), state)
     }
 
     /// `FileDescriptor.writeSequence` without the TLS routing.
     fn raw_write_sequence_impl(slf: &Bound<'_, Self>, iovec: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
         let mut chunks = Vec::new();
         for item in iovec.try_iter()? {
             chunks.push(must_be_bytes(&item?)?);
         }
-        let obj = slf.as_any();
-        if !attr_true(obj, intern!(py, "connected"))?
+        // After the iteration, which may have run Python code.
+        let state = State::new(slf.as_any());
+        if !state.is_true(Attr::Connected)?
             || chunks.is_empty()
-            || attr_true(obj, intern!(py, "_writeDisconnected"))?
+            || state.is_true(Attr::WriteDisconnected)?
         {
             return Ok(());
         }
         chunks.retain(|c| !c.as_bytes().is_empty());
-        Self::queue_and_start(slf, &chunks)
+        Self::queue_and_start(slf, &chunks, &state)
     }
 }
 
@@ -507,18 +516,19 @@ impl StreamIO {
 
     /// `ITransport.write`.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Some(protocol) = Self::tls_target(slf.as_any())? {
+        let state = State::new(slf.as_any());
+        if let Some(protocol) = Self::tls_target(&state)? {
             must_be_bytes(data)?;
             protocol.call_method1(intern!(slf.py(), "write"), (data,))?;
             return Ok(());
         }
-        Self::raw_write_impl(slf, data)
+        Self::raw_write_impl(slf, data, &state)
     }
 
     /// `ITransport.writeSequence`.
     #[pyo3(name = "writeSequence")]
     fn write_sequence(slf: &Bound<'_, Self>, iovec: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Some(protocol) = Self::tls_target(slf.as_any())? {
+        if let Some(protocol) = Self::tls_target(&State::new(slf.as_any()))? {
             protocol.call_method1(intern!(slf.py(), "writeSequence"), (iovec,))?;
             return Ok(());
         }
@@ -528,7 +538,7 @@ impl StreamIO {
     /// The transport's own `write`, under any TLS layer (what TLS writes
     /// its records with).
     fn _raw_write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::raw_write_impl(slf, data)
+        Self::raw_write_impl(slf, data, &State::new(slf.as_any()))
     }
 
     fn _raw_write_sequence(slf: &Bound<'_, Self>, iovec: &Bound<'_, PyAny>) -> PyResult<()> {
