@@ -188,12 +188,13 @@ def start_server(kind: str, role: str = "echo", *flags: str) -> tuple[Proc, int]
     return proc, int(proc.expect("@@PORT ", START_TIMEOUT_S))
 
 
-def start_client(port: int, p: Params) -> Proc:
-    """The ping-pong client (C{benchmarks/c/pingpong_client.c}) on CPU 1,
-    connected and warmed up."""
+def start_client(port: int, p: Params, program: str = "pingpong_client") -> Proc:
+    """A C load generator on CPU 1, warmed up: C{benchmarks/c/PROGRAM.c},
+    the ping-pong client (C{pingpong_client}) or the connection-rate one
+    (C{connect_client}), which speak the same protocol on stdin/stdout."""
     proc = Proc(
         [
-            *("taskset", "-c", CLIENT_CPU, str(build_c("pingpong_client"))),
+            *("taskset", "-c", CLIENT_CPU, str(build_c(program))),
             *(str(port), str(p["conns"]), str(p["trips"])),
         ]
     )

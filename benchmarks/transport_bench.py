@@ -76,6 +76,18 @@ Benchmarks (full size; C{--smoke} runs small ones to check the harness)
     100) / 10,000, in KiB per connection; the first 100 absorb one-time
     costs (imports, caches). The kernel's socket buffers are not in RSS
     and are the same for every server.
+``connections``
+    The connection rate: C{benchmarks/c/connect_client.c} keeps 50
+    connections in flight; each connects, sends 64 bytes, waits for the
+    echo and closes, and its slot at once opens the next (the client
+    closes first, so the TIME_WAIT states are the client's, which Linux
+    reuses on loopback). The servers are those of C{pingpong_floor}, so a
+    connection costs the server an accept, what it builds for the
+    connection (a Twisted server builds a protocol and a transport), one
+    echo, the end of stream and the close. A warm-up of 2,000 connections,
+    then 3 runs of 20,000: rate (connections per second, best of 3), the
+    server's CPU per connection (lowest of 3) and "≥" as for
+    C{pingpong_floor}.
 ``tls_pingpong``
     The ping-pong over TLS, rust and epoll servers only (no C floor):
     C{_twisted_peers.py echo --tls} (C{listenSSL}, the key and
@@ -161,6 +173,7 @@ FULL: dict[str, Params] = {
     "web_site": {"conns": 50, "warmup_s": 2, "seconds": 10, "repeats": 3},
     "idle_memory": {"warm": 100, "idle": 10_000},
     "tls_pingpong": {"conns": 50, "trips": 30_000, "repeats": 3},
+    "connections": {"conns": 50, "trips": 20_000, "repeats": 3},
 }
 SMOKE: dict[str, Params] = {
     "pingpong_floor": {"conns": 20, "trips": 5_000, "repeats": 2},
@@ -168,6 +181,7 @@ SMOKE: dict[str, Params] = {
     "web_site": {"conns": 10, "warmup_s": 1, "seconds": 2, "repeats": 1},
     "idle_memory": {"warm": 20, "idle": 500},
     "tls_pingpong": {"conns": 10, "trips": 2_000, "repeats": 2},
+    "connections": {"conns": 10, "trips": 2_000, "repeats": 2},
 }
 
 
@@ -214,6 +228,20 @@ def bench_pingpong_floor(p: Params) -> dict[str, Any]:
         client.stop()
         server.stop()
         print(f"  {kind}: {out[kind]['best']:,.0f} round trips/s", flush=True)
+    return out
+
+
+def bench_connections(p: Params) -> dict[str, Any]:
+    """Short connections: C{p['trips']} is the number of connections a run
+    makes (the client's protocol and output are the ping-pong client's)."""
+    out: dict[str, Any] = {}
+    for kind in SERVERS:
+        server, port = start_server(kind)
+        client = start_client(port, p, "connect_client")
+        out[kind] = _pingpong_rallies(server, client, p)
+        client.stop()
+        server.stop()
+        print(f"  {kind}: {out[kind]['best']:,.0f} connections/s", flush=True)
     return out
 
 
@@ -433,6 +461,7 @@ BENCHMARKS: dict[str, Callable[[Params], dict[str, Any]]] = {
     "web_site": bench_web_site,
     "idle_memory": bench_idle_memory,
     "tls_pingpong": bench_tls_pingpong,
+    "connections": bench_connections,
 }
 
 
@@ -519,6 +548,17 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                 {},
             )
         )
+    conn = _measured(results, "connections")
+    if conn:
+        rows.append(Row("connections/s", _get(conn, "best"), _k, _bound(conn)))
+        rows.append(
+            Row(
+                "server CPU µs/connection",
+                _get(conn, "server_cpu_us_per_trip"),
+                _f1,
+                {},
+            )
+        )
     mem = _measured(results, "idle_memory")
     if mem:
         rows.append(
@@ -563,6 +603,7 @@ def cpu_shares(results: dict[str, dict[str, Any]]) -> list[str]:
         ("pingpong_floor", "client"),
         ("web_site", "wrk"),
         ("tls_pingpong", "client"),
+        ("connections", "client"),
     ):
         entry = _measured(results, name)
         cells = []

@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("latency.py", "--runs"),
         ("transport_bench.py", "--smoke"),
         ("transport_bench.py", "tls_pingpong"),
+        ("transport_bench.py", "connections"),
         ("stop_under_load.py", "--scenarios"),
     ],
 )
