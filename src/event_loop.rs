@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use polling::Poller;
-use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError};
+use pyo3::exceptions::{PyAssertionError, PyKeyboardInterrupt, PyOSError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
@@ -535,6 +535,8 @@ fn log_context<'py>(
 ) -> PyResult<LogContext<'py>> {
     let prefix = match log_prefix(py, sel, facts) {
         Ok(p) => p,
+        // callWithLogger lets a KeyboardInterrupt go on up.
+        Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => return Err(e),
         Err(e) => {
             let buggy = pyo3::types::PyString::new(py, "(buggy logPrefix method)").into_any();
             log_err(py, &e, Some(&buggy));
@@ -629,9 +631,9 @@ fn dispatch_python(
                 };
                 why = match native {
                     Some(io) if readable => {
-                        StreamIO::write_ready(io, stream_io::fileno(sel)?)?.into_bound(py)
+                        StreamIO::write_ready(io, stream_io::fileno(sel)?, true)?.into_bound(py)
                     }
-                    Some(io) => StreamIO::write_ready(io, fd)?.into_bound(py),
+                    Some(io) => StreamIO::write_ready(io, fd, true)?.into_bound(py),
                     None => sel.call_method0(intern!(py, "doWrite"))?,
                 };
                 in_read = false;

@@ -631,6 +631,115 @@ def test_callbacks_run_in_twisteds_log_context(kind: str) -> None:
         b.close()
 
 
+@pytest.mark.parametrize("kind", ["rust", "epoll"])
+def test_keyboard_interrupt_from_log_prefix_goes_up(kind: str) -> None:
+    """
+    A C{KeyboardInterrupt} raised by C{logPrefix()} is not logged as a
+    buggy prefix: it leaves the iteration, as Twisted's C{callWithLogger}
+    re-raises it; C{doRead} is not called.
+    """
+    from twisted.internet.epollreactor import EPollReactor
+
+    class Interrupting(Reader):
+        def logPrefix(self) -> str:
+            raise KeyboardInterrupt()
+
+    r = RustReactor() if kind == "rust" else EPollReactor()
+    a, b = socket.socketpair()
+    reader = Interrupting(r, a)
+    r.addReader(reader)
+    b.sendall(b"x")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(20):
+                r.iterate(0.05)
+        assert reader.data == b""
+    finally:
+        r.removeAll()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("kind", ["rust", "epoll"])
+def test_a_broken_log_context_escapes_the_iteration(kind: str) -> None:
+    """
+    When the log context cannot be pushed (the ILogContext on the stack is
+    not a dictionary, so it cannot be copied), the selectable is not
+    called and the error leaves the iteration: Twisted's C{callWithLogger}
+    logs it with C{err()}, which fails on the same context and raises. Once
+    the context is sane again, the selectable is served.
+    """
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.python import context, log
+
+    r = RustReactor() if kind == "rust" else EPollReactor()
+    a, b = socket.socketpair()
+    reader = Reader(r, a)
+    r.addReader(reader)
+    b.sendall(b"x")
+
+    def drive() -> None:
+        for _ in range(20):
+            r.iterate(0.05)
+            if reader.data:
+                break
+
+    try:
+        # epoll: the AttributeError of err()'s own copy; rust: the TypeError
+        # of the copy it makes to push the context.
+        with pytest.raises((AttributeError, TypeError)):
+            context.call({log.ILogContext: 42}, drive)
+        assert reader.data == b""
+        drive()
+        assert reader.data == b"x"
+    finally:
+        r.removeAll()
+        a.close()
+        b.close()
+
+
+def test_an_overridden_stop_writing_is_called_by_do_write() -> None:
+    """
+    A transport class that overrides C{stopWriting} has it called when
+    C{doWrite} empties the queue, as Twisted's C{doWrite} calls
+    C{self.stopWriting()}, on the native transport too.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    from twisted_shim import tcp as native_tcp
+
+    calls: list[str] = []
+
+    class Server(native_tcp.Server):
+        def stopWriting(self) -> None:
+            calls.append("stopWriting")
+            super().stopWriting()
+
+    class Port(native_tcp.Port):
+        transport = Server
+
+    class Hello(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"hello")
+
+    r = RustReactor()
+    port = Port(0, Factory.forProtocol(Hello), 5, "127.0.0.1", r)
+    port.startListening()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.settimeout(5)
+    try:
+        for _ in range(40):
+            r.iterate(0.05)
+            if calls:
+                break
+        assert client.recv(5) == b"hello"
+        assert calls == ["stopWriting"]
+    finally:
+        client.close()
+        port.stopListening()
+        r.removeAll()
+
+
 def test_fileno_minus_one_is_a_clear_error(reactor: RustReactor) -> None:
     class NoFD(Reader):
         def fileno(self) -> int:

@@ -205,15 +205,17 @@ fn receive(py: Python<'_>, fd: RawFd, size: usize, direct: bool) -> PyResult<Rec
 }
 
 /// `StreamIO.doRead` and `StreamIO.doWrite` as the class holds them.
-static OWN_METHODS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+/// `StreamIO`'s own `doRead`, `doWrite` and `stopWriting`.
+static OWN_METHODS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 
-fn own_methods(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
+fn own_methods(py: Python<'_>) -> PyResult<&'static [Py<PyAny>; 3]> {
     OWN_METHODS.get_or_try_init(py, || {
         let ty = py.get_type::<StreamIO>();
-        Ok((
+        Ok([
             ty.getattr(intern!(py, "doRead"))?.unbind(),
             ty.getattr(intern!(py, "doWrite"))?.unbind(),
-        ))
+            ty.getattr(intern!(py, "stopWriting"))?.unbind(),
+        ])
     })
 }
 
@@ -349,7 +351,15 @@ impl StreamIO {
     }
 
     /// `doWrite` on descriptor `fd` (the loop passes the one it checked).
-    pub(crate) fn write_ready(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Py<PyAny>> {
+    ///
+    /// `native`: the class is known to keep `StreamIO`'s `stopWriting`
+    /// ([`StreamIO::class_is_native`]); otherwise `stopWriting()` is called
+    /// as Twisted's `doWrite` calls it, reaching any override.
+    pub(crate) fn write_ready(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        native: bool,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = slf.as_any();
         let me = slf.borrow();
@@ -361,7 +371,11 @@ impl StreamIO {
             Ok(true) => {}
         }
         // Everything went: what FileDescriptor.doWrite does then.
-        Self::watch(slf, false, false)?;
+        if native || Self::class_is_native(obj, &obj.get_type()) {
+            Self::watch(slf, false, false)?;
+        } else {
+            obj.call_method0(intern!(py, "stopWriting"))?;
+        }
         let state = State::new(obj);
         let producer = state.get(Attr::Producer)?;
         if !producer.is_none()
@@ -433,13 +447,15 @@ impl StreamIO {
     }
 
     /// Whether `class` (the class of `sel`) is a `StreamIO` subclass whose
-    /// `doRead` and `doWrite` are this class's own, not overridden.
+    /// `doRead`, `doWrite` and `stopWriting` are this class's own, not
+    /// overridden (then `doWrite`'s `stopWriting()` may go to the loop
+    /// directly).
     pub(crate) fn class_is_native(sel: &Bound<'_, PyAny>, class: &Bound<'_, PyType>) -> bool {
         let py = sel.py();
         if sel.cast::<Self>().is_err() {
             return false;
         }
-        let Ok((read, write)) = own_methods(py) else {
+        let Ok([read, write, stop_writing]) = own_methods(py) else {
             return false;
         };
         let same = |name, mine: &Py<PyAny>| {
@@ -448,7 +464,9 @@ impl StreamIO {
                 .map(|m| m.is(mine.bind(py)))
                 .unwrap_or(false)
         };
-        same(intern!(py, "doRead"), read) && same(intern!(py, "doWrite"), write)
+        same(intern!(py, "doRead"), read)
+            && same(intern!(py, "doWrite"), write)
+            && same(intern!(py, "stopWriting"), stop_writing)
     }
 
     /// `sel` as a `StreamIO` to call directly, given what the dispatch
@@ -572,7 +590,7 @@ impl StreamIO {
     /// `IWriteDescriptor.doWrite`.
     #[pyo3(name = "doWrite")]
     pub(crate) fn do_write(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Self::write_ready(slf, fileno(slf.as_any())?)
+        Self::write_ready(slf, fileno(slf.as_any())?, false)
     }
 
     /// `IReadDescriptor.doRead`, as `tcp.Connection.doRead`.
