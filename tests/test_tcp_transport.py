@@ -560,3 +560,56 @@ def test_instance_logPrefix_is_called(reactor: RustReactor) -> None:
     assert seen == ["on the instance"]
     peer.close()
     run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_accepted_sockets_are_what_socket_accept_makes(family: int) -> None:
+    """
+    The native Port's listener accepts through L{shim_tcp._Listener}, which
+    skips C{socket.accept}'s enum conversions; what it makes is the same: a
+    C{socket.socket} whose C{family} and C{type} are the enum members, the
+    listener's protocol, non-blocking once Twisted's C{Connection} took it,
+    and the peer's address as Twisted reports it.
+    """
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    r = RustReactor()
+    proto = Recorder()
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = r.listenTCP(0, factory, interface=host)
+    try:
+        assert type(port.socket) is shim_tcp._Listener
+        peer = socket.create_connection((host, port.getHost().port), timeout=10)
+        run_until(r, lambda: proto.made, "the connection accepted")
+        skt = proto.transport.getHandle()
+        assert type(skt) is socket.socket
+        assert skt.family is socket.AddressFamily(family)
+        assert skt.type is socket.SOCK_STREAM
+        assert skt.proto == port.socket.proto
+        assert skt.getblocking() is False
+        assert proto.transport.getPeer().port == peer.getsockname()[1]
+        assert proto.transport.getPeer().host == peer.getsockname()[0]
+        peer.close()
+    finally:
+        port.stopListening()
+        for sel in r.removeAll():
+            sel.connectionLost(Failure(error.ConnectionDone()))
+
+
+def test_a_listener_subclass_keeps_its_own_accept() -> None:
+    """Only a plain C{socket.socket} becomes a L{shim_tcp._Listener}."""
+
+    class Mine(socket.socket):
+        pass
+
+    plain, mine = socket.socket(), Mine()
+    try:
+        shim_tcp.fast_accepts(plain)
+        shim_tcp.fast_accepts(mine)
+        assert type(plain) is shim_tcp._Listener
+        assert type(mine) is Mine
+    finally:
+        plain.close()
+        mine.close()

@@ -9,7 +9,8 @@ address is read once per connection), and
 everything else -- connection state, producers, half-close, TLS,
 C{abortConnection}, C{connectionLost}, logging, addresses -- is Twisted's
 code, unchanged. L{Port} and L{Connector} are Twisted's, making these
-transports. The reactor uses them for C{listenTCP}, C{connectTCP},
+transports; the Port's listening socket accepts through L{_Listener}.
+The reactor uses them for C{listenTCP}, C{connectTCP},
 C{adoptStreamPort} and C{adoptStreamConnection} (and so for the endpoints
 and C{listenSSL}/C{connectSSL} built on them), unless the environment sets
 C{TWISTED_SHIM_TRANSPORT=python}.
@@ -21,6 +22,8 @@ reaches that queue, never C{FileDescriptor}'s list.
 
 from __future__ import annotations
 
+import _socket
+import socket
 from typing import Any
 
 from twisted.internet import _newtls, abstract, tcp
@@ -78,10 +81,46 @@ class Client(StreamIO, _NativeTLS, _LocalAddress, tcp.Client):
     """A connection made by a L{Connector}."""
 
 
+_family = _socket.socket.family.__get__
+_type = _socket.socket.type.__get__
+
+
+class _Listener(socket.socket):
+    """
+    A listening socket whose C{accept()} is C{socket.accept}'s without the
+    two enum conversions (C{self.family} and C{self.type} are properties
+    that build an C{AddressFamily} and a C{SocketKind} per call: a third of
+    C{accept}'s Python cost). The accepted socket is the same: a
+    C{socket.socket} of the listener's family, type and protocol, blocking
+    only if the default timeout is C{None} and the listener has a timeout.
+    """
+
+    __slots__ = ()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd, address = self._accept()  # type: ignore[attr-defined]
+        sock = socket.socket(_family(self), _type(self), self.proto, fd)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, address
+
+
+def fast_accepts(listener: socket.socket) -> None:
+    """Make C{listener} (a plain C{socket.socket}) a L{_Listener}: the same
+    object and descriptor, with the cheaper C{accept}. A subclass of
+    C{socket.socket} is left alone: its C{accept} may be its own."""
+    if type(listener) is socket.socket:
+        listener.__class__ = _Listener
+
+
 class Port(tcp.Port):
-    """C{tcp.Port}, accepting L{Server} connections."""
+    """C{tcp.Port}, accepting L{Server} connections (through L{_Listener})."""
 
     transport = Server
+
+    def startListening(self) -> None:
+        super().startListening()
+        fast_accepts(self.socket)
 
 
 class Connector(tcp.Connector):

@@ -50,7 +50,7 @@ from twisted.internet import unix
 from twisted.python import log
 
 from twisted_shim._core import UnixStreamIO
-from twisted_shim.tcp import _NativeTLS
+from twisted_shim.tcp import _NativeTLS, fast_accepts
 
 __all__ = ["Client", "Connector", "Port", "Server"]
 
@@ -86,9 +86,14 @@ class Client(UnixStreamIO, _NativeTLS, _AncillaryLog, unix.Client):
 
 
 class Port(unix.Port):
-    """C{unix.Port}, accepting L{Server} connections."""
+    """C{unix.Port}, accepting L{Server} connections (through
+    L{twisted_shim.tcp._Listener})."""
 
     transport = Server
+
+    def startListening(self) -> None:
+        super().startListening()
+        fast_accepts(self.socket)
 
 
 class Connector(unix.Connector):
