@@ -181,21 +181,6 @@ def test_rule3_early_resume_fired_deferred(server: Server) -> None:
     assert out == {"done": True, "result": 42, "timed_out": False}
 
 
-@pytest.mark.parametrize("form", ["future", "coro"])
-def test_rule3_done_future_resumes_on_the_next_pass(server: Server, form: str) -> None:
-    """wait() on a future already done, or on a coroutine that returns
-    without awaiting: asyncio runs done callbacks from the loop, never at
-    once, so the outcome is not in at the yield; the request suspends and
-    is resumed by the loop's next pass, with the result."""
-    out = get(server.port, f"/p/early?form={form}", timeout=5).json()
-    assert out == {
-        "done_at_yield": False,
-        "done": True,
-        "result": 42,
-        "timed_out": False,
-    }
-
-
 # --- rule 4: resume() -----------------------------------------------------------------------
 
 
@@ -341,32 +326,6 @@ def test_wait_result_raises_the_failure(server: Server, form: str) -> None:
     assert state["result"] == "raised LookupError"
     assert state["timed_out"] is False and "cancels" not in state
     sock.close()
-
-
-def test_wait_refuses_what_it_cannot_wait_for(server: Server) -> None:
-    """wait() given what is neither a Deferred nor an asyncio awaitable
-    raises TypeError (with a hint for a concurrent.futures.Future), given a
-    future of another event loop ValueError, and leaves no pause armed: the
-    next wait() works. A coroutine given while a pause is armed is refused
-    (RuntimeError) and closed, so it does not warn that it was never
-    awaited (the fixture fails the test on such a warning in the log). A
-    coroutine that awaits an unfired Deferred in its task fails with
-    asyncio's "bad yield" RuntimeError, which result() raises."""
-    out = get_json(server.port, "/p/wait-refused")
-    prefix = "TypeError: twisted_shim.wait() takes a Deferred, a coroutine or an asyncio future, not"
-    assert out["int"] == f"{prefix} int"
-    assert out["coroutine_function"] == f"{prefix} function"
-    assert out["concurrent"].startswith(f"{prefix} Future (a concurrent.futures")
-    assert out["other_loop"].startswith(
-        "ValueError: twisted_shim.wait() was given a future of"
-    )
-    assert out["while_armed"] == "RuntimeError"
-    assert out["coro_state"] == "CORO_CLOSED"
-    assert out["after"] == "slept"
-    assert out["awaits_a_deferred"].startswith(
-        "RuntimeError: Task got bad yield: <Deferred"
-    )
-    assert "never awaited" not in server.log()
 
 
 def test_rule7_per_call_timeout_raw(server: Server) -> None:
@@ -911,6 +870,62 @@ def test_rule12_pipelined_request_waits_for_the_response(server: Server) -> None
     assert reader.read_response().body == b"resumed"
     assert reader.read_response().json() == {"calls": 1}
     sock.close()
+
+
+# --- rule 13: what wait takes ------------------------------------------------------------
+
+
+def test_rule13_a_coroutine_runs_as_a_task_on_the_reactors_loop(server: Server) -> None:
+    """wait(coroutine) runs it as a task on the reactor's asyncio face,
+    which is also the running loop of the application; asyncio.sleep works
+    there."""
+    assert get_json(server.port, "/p/wait-face") == {
+        "app_loop_is_face": True,
+        "loop_is_face": True,
+        "in_task": True,
+        "slept": "slept",
+    }
+
+
+def test_rule13_wait_refuses_what_it_cannot_wait_for(server: Server) -> None:
+    """wait() given what is neither a Deferred nor an asyncio awaitable
+    raises TypeError (with a hint for a concurrent.futures.Future), given a
+    future of another event loop ValueError, and leaves no pause armed: the
+    next wait() works. A coroutine given while a pause is armed is refused
+    (RuntimeError) and closed, so it does not warn that it was never
+    awaited (the fixture fails the test on such a warning in the log). A
+    coroutine that awaits an unfired Deferred in its task fails with
+    asyncio's "bad yield" RuntimeError, which result() raises."""
+    out = get_json(server.port, "/p/wait-refused")
+    prefix = "TypeError: twisted_shim.wait() takes a Deferred, a coroutine or an asyncio future, not"
+    assert out["int"] == f"{prefix} int"
+    assert out["coroutine_function"] == f"{prefix} function"
+    assert out["concurrent"].startswith(f"{prefix} Future (a concurrent.futures")
+    assert out["other_loop"].startswith(
+        "ValueError: twisted_shim.wait() was given a future of"
+    )
+    assert out["while_armed"] == "RuntimeError"
+    assert out["coro_state"] == "CORO_CLOSED"
+    assert out["after"] == "slept"
+    assert out["awaits_a_deferred"].startswith(
+        "RuntimeError: Task got bad yield: <Deferred"
+    )
+    assert "never awaited" not in server.log()
+
+
+@pytest.mark.parametrize("form", ["future", "coro"])
+def test_rule13_done_future_resumes_on_the_next_pass(server: Server, form: str) -> None:
+    """wait() on a future already done, or on a coroutine that returns
+    without awaiting: asyncio runs done callbacks from the loop, never at
+    once, so the outcome is not in at the yield; the request suspends and
+    is resumed by the loop's next pass, with the result."""
+    out = get(server.port, f"/p/early?form={form}", timeout=5).json()
+    assert out == {
+        "done_at_yield": False,
+        "done": True,
+        "result": 42,
+        "timed_out": False,
+    }
 
 
 # --- limits do not cut paused requests --------------------------------------------------------

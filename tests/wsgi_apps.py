@@ -1337,3 +1337,32 @@ def wait_refused(environ: Environ, start_response: StartResponse) -> Iterable[by
         yield json_body(out)
 
     return body()
+
+
+@route("/p/wait-face")
+def wait_face(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """
+    Where wait() runs a coroutine: the loop it sees is the reactor's asyncio
+    face (the running loop of the application too), in a task; asyncio's
+    own timers work there.
+    """
+    from twisted_shim import aio
+
+    start_response("200 OK", list(TEXT))
+    face = aio.loop_of(environ["twisted_shim.reactor"])
+
+    async def where() -> dict[str, Any]:
+        slept = await asyncio.sleep(0.01, "slept")
+        return {
+            "loop_is_face": asyncio.get_running_loop() is face,
+            "in_task": asyncio.current_task() is not None,
+            "slept": slept,
+        }
+
+    def body() -> Iterator[bytes]:
+        app_loop_is_face = asyncio.get_running_loop() is face
+        w = environ["twisted_shim.wait"](where(), timeout=10)
+        yield b""
+        yield json_body({"app_loop_is_face": app_loop_is_face, **w.result()})
+
+    return body()
