@@ -62,8 +62,8 @@ class Waiter:
     times out or the client disconnects, the host calls L{_interrupt}, which
     cancels it.
 
-    @ivar _cancel: Cancels what is waited for (C{Deferred.cancel} or
-        C{Future.cancel}).
+    @ivar _awaited: What is waited for: the Deferred, or the future (a
+        coroutine's task); both have C{cancel()}.
     @ivar _done: Whether the outcome is in (C{_value} or C{_failure}).
     """
 
@@ -78,11 +78,11 @@ class Waiter:
         self._value: Any = None
         self._failure: Failure | None = None
         if isinstance(awaited, Deferred):
-            self._cancel = awaited.cancel
+            self._awaited: Deferred[Any] | asyncio.Future[Any] = awaited
             awaited.addBoth(self._fired)
             return
         future = _as_future(awaited, reactor)
-        self._cancel = future.cancel
+        self._awaited = future
         future.add_done_callback(self._future_done)
 
     def _fired(self, result: Any) -> None:
@@ -105,7 +105,7 @@ class Waiter:
     def _interrupt(self) -> None:
         """The pause ended without the outcome: cancel what it waits for."""
         if not self._done:
-            self._cancel()
+            self._awaited.cancel()
 
     @staticmethod
     def discard(awaited: object) -> None:
