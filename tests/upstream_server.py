@@ -50,13 +50,16 @@ class Upstream:
       is set, answers are held until that many requests wait at once (then
       it is cleared).
 
-    C{pending} counts requests being handled, C{max_pending} its maximum.
+    C{pending} counts requests being handled, C{max_pending} its maximum;
+    C{connections} the connections open (accepted, not yet closed by either
+    side).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.pending = 0
         self.max_pending = 0
+        self.connections = 0
         self.requests = 0
         self.hold_until: int | None = None
         upstream = self
@@ -66,6 +69,18 @@ class Upstream:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                with upstream.lock:
+                    upstream.connections += 1
+                super().setup()
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with upstream.lock:
+                        upstream.connections -= 1
 
             def do_GET(self) -> None:
                 with upstream.lock:
