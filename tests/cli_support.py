@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -310,8 +310,16 @@ class Served:
     """
 
     def __init__(
-        self, args: Sequence[str], cwd: Path, argv: Sequence[str] | None = None
+        self,
+        args: Sequence[str],
+        cwd: Path,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """
+        @param env: The command's environment (this process's by default);
+            C{PYTHONUNBUFFERED} is set in it either way.
+        """
         self.argv = list(argv) if argv is not None else command(*args)
         self.proc = subprocess.Popen(
             self.argv,
@@ -320,7 +328,7 @@ class Served:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         )
         self.pid = self.proc.pid
         self.stderr_lines: list[str] = []

@@ -38,13 +38,10 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from psycopg import Connection
@@ -56,12 +53,12 @@ from services import (  # noqa: F401 (fixtures)
     redis_db,
     redis_server,
 )
+from upstream_server import Upstream, eventually, upstream  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 GREETING = "hello from redis"
 APP_NAME = "twisted_shim dashboard"
 POOL = 5
-T = TypeVar("T")
 
 SERVE = """
 import socket
@@ -79,94 +76,6 @@ reactor.run()
 """
 
 BAD_OUTPUT = ("Traceback", "Unhandled", "Exception ignored", "panicked")
-
-
-def eventually(
-    probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0
-) -> T:
-    """Poll C{probe} until C{done(value)}, at most C{timeout} seconds; the last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        value = probe()
-    return value
-
-
-class Upstream:
-    """
-    The upstream HTTP service, in a thread of this process.
-
-    - C{/slow/...}: never answers; the handler waits until the client
-      closes the connection.
-    - anything else: C{{"upstream": "ok", "path": PATH}}; while C{hold_until}
-      is set, answers are held until that many requests wait at once (then
-      it is cleared).
-
-    C{pending} counts requests being handled, C{max_pending} its maximum.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Condition()
-        self.pending = 0
-        self.max_pending = 0
-        self.requests = 0
-        self.hold_until: int | None = None
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with upstream.lock:
-                    upstream.requests += 1
-                    upstream.pending += 1
-                    upstream.max_pending = max(upstream.max_pending, upstream.pending)
-                    upstream.lock.notify_all()
-                try:
-                    if self.path.startswith("/slow/"):
-                        # Until the client goes away (at most a minute).
-                        select.select([self.connection], [], [], 60)
-                        self.close_connection = True
-                        return
-                    with upstream.lock:
-                        if upstream.hold_until is not None:
-                            if upstream.pending >= upstream.hold_until:
-                                upstream.hold_until = None
-                                upstream.lock.notify_all()
-                            else:
-                                upstream.lock.wait_for(
-                                    lambda: upstream.hold_until is None, timeout=30
-                                )
-                    body = json.dumps({"upstream": "ok", "path": self.path}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                finally:
-                    with upstream.lock:
-                        upstream.pending -= 1
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    u = Upstream()
-    yield u
-    u.close()
 
 
 class Dashboard:
@@ -242,7 +151,7 @@ def dashboard(
     pg_db: Connection,  # noqa: F811
     redis_server: RedisExecutor,  # noqa: F811
     redis_db: Any,  # noqa: F811
-    upstream: Upstream,
+    upstream: Upstream,  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[Callable[..., Dashboard]]:
     """Start the dashboard on the test's database, Redis and upstream."""
@@ -314,7 +223,7 @@ def check_page(status: int, page: dict[str, Any], path: str) -> None:
 
 def test_concurrent_requests(
     dashboard: Callable[..., Dashboard],
-    upstream: Upstream,
+    upstream: Upstream,  # noqa: F811
     pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard()
@@ -358,7 +267,7 @@ def _abort(sock: socket.socket) -> None:
 
 def test_killed_clients_roll_back(
     dashboard: Callable[..., Dashboard],
-    upstream: Upstream,
+    upstream: Upstream,  # noqa: F811
     pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard()
@@ -410,7 +319,7 @@ def test_killed_clients_roll_back(
 
 def test_timeout_rolls_back(
     dashboard: Callable[..., Dashboard],
-    upstream: Upstream,
+    upstream: Upstream,  # noqa: F811
     pg_db: Connection,  # noqa: F811
 ) -> None:
     server = dashboard(timeout=1.0)

@@ -35,6 +35,13 @@ from wsgi_client import (
     wait_until,
 )
 
+#: The C{twisted_shim.wait} forms of C{/p/hold} that wait on asyncio: a
+#: coroutine (run as a task on the reactor's face), a task the application
+#: made, a future.
+ASYNCIO_FORMS = ["coro", "task", "future"]
+#: Every C{twisted_shim.wait} form: a Deferred, and the asyncio ones.
+WAIT_FORMS = ["wait", *ASYNCIO_FORMS]
+
 
 def _hold(
     server: Server, key: str, **options: str
@@ -69,7 +76,7 @@ def _state_when(
 # --- rule 1: arming ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["raw", "wait"])
+@pytest.mark.parametrize("form", ["raw", *WAIT_FORMS])
 def test_rule1_arming_in_the_application_callable(server: Server, form: str) -> None:
     """Arming in the application callable itself (before it returns its
     iterable) is allowed: the first C{yield b""} then suspends."""
@@ -304,11 +311,13 @@ def test_rule6_flush_before_start_response_is_harmless(server: Server) -> None:
 # --- rule 7: timeouts ------------------------------------------------------------------------------
 
 
-def test_wait_result_raises_the_failure(server: Server) -> None:
-    """wait() on a Deferred that fails: the request resumes and result()
-    raises the failure's exception."""
+@pytest.mark.parametrize("form", WAIT_FORMS)
+def test_wait_result_raises_the_failure(server: Server, form: str) -> None:
+    """wait() on a Deferred that fails (a coroutine that raises, a future
+    with an exception): the request resumes and result() raises the
+    exception."""
     key = unique()
-    sock, reader = _hold(server, key, form="wait")
+    sock, reader = _hold(server, key, form=form)
     assert get_json(server.port, f"/p/release?key={key}&fail=1")["returned"] == [
         "failed"
     ]
@@ -335,33 +344,38 @@ def test_rule7_per_call_timeout_raw(server: Server) -> None:
     assert _release(server, key) == [False]
 
 
-def test_rule7_per_call_timeout_wait(server: Server) -> None:
+@pytest.mark.parametrize("form", WAIT_FORMS)
+def test_rule7_per_call_timeout_wait(server: Server, form: str) -> None:
     """wait(d, timeout=0.3): on expiry the Deferred is cancelled (its
-    canceller ran), Waiter.timed_out is true and result() raises
+    canceller ran; a coroutine gets CancelledError at its await, a future
+    is cancelled), Waiter.timed_out is true and result() raises
     TimeoutError."""
     key = unique()
     resp, reader = exchange(
-        server.port, build_request("GET", f"/p/hold?key={key}&form=wait&timeout=0.3")
+        server.port,
+        build_request("GET", f"/p/hold?key={key}&form={form}&timeout=0.3"),
     )
     reader.sock.close()
     assert resp.body == b"resumed"
-    state = server.state(key)
+    state = _state_when(server, key, "cancels")
     assert state["timed_out"] is True
     assert state["result"] == "raised TimeoutError"
     assert state["cancels"] == 1
+    if form in ("coro", "task"):
+        assert _state_when(server, key, "coro_finally")["coro_finally"] == 1
 
 
 def test_rule7_no_timeout_when_resumed_in_time(server: Server) -> None:
     """A pause resumed before its timeout is not timed out, and a wait gets
     its value."""
-    for form in ("raw", "wait"):
+    for form in ("raw", *WAIT_FORMS):
         key = unique()
         sock, reader = _hold(server, key, form=form, timeout="30")
         _release(server, key)
         assert reader.read_response().body == b"resumed"
         state = server.state(key)
         assert state["timed_out"] is False
-        if form == "wait":
+        if form != "raw":
             assert state["result"] == "fired" and "cancels" not in state
         sock.close()
 
@@ -372,7 +386,7 @@ def capped(wsgi_server: StartServer) -> Server:
     return wsgi_server(max_pause=0.5)
 
 
-@pytest.mark.parametrize("form", ["raw", "wait"])
+@pytest.mark.parametrize("form", ["raw", *WAIT_FORMS])
 def test_rule7_server_max_pause(capped: Server, form: str) -> None:
     """A pause without a timeout ends at --max-pause (0.5 s): timed_out,
     TimeoutError and a cancelled Deferred for wait, resume() False later."""
@@ -384,7 +398,7 @@ def test_rule7_server_max_pause(capped: Server, form: str) -> None:
     reader.sock.close()
     assert resp.body == b"resumed"
     assert 0.35 < time.monotonic() - start < 5
-    state = capped.state(key)
+    state = capped.state(key) if form == "raw" else _state_when(capped, key, "cancels")
     assert state["timed_out"] is True
     if form == "raw":
         assert _release(capped, key) == [False]
@@ -410,14 +424,16 @@ def test_rule7_per_call_timeout_capped_by_max_pause(capped: Server) -> None:
 
 
 @pytest.mark.parametrize("how", ["fin", "rst"])
-@pytest.mark.parametrize("form", ["raw", "wait"])
+@pytest.mark.parametrize("form", ["raw", *WAIT_FORMS])
 def test_rule8_disconnect_closes_the_iterable_at_once(
     server: Server, form: str, how: str
 ) -> None:
     """A client that closes (FIN or RST) while its request is paused: the
     host calls close() at once (the generator sees GeneratorExit at its
-    C{yield b""}; it is not resumed), wait cancels its Deferred, and
-    client_disconnected() becomes true (it was false before)."""
+    C{yield b""}; it is not resumed), wait cancels its Deferred (the task:
+    its coroutine gets CancelledError at its await and runs its finally
+    block; the future), and client_disconnected() becomes true (it was
+    false before). No task is left on the loop."""
     key = unique()
     sock, _ = _hold(server, key, form=form)
     assert server.state(key)["client_disconnected_now"] is False
@@ -431,22 +447,28 @@ def test_rule8_disconnect_closes_the_iterable_at_once(
     assert "resumed" not in state
     assert state["paused_now"] == 0
     assert state["client_disconnected_now"] is True
-    if form == "wait":
+    if form != "raw":
+        state = _state_when(server, key, "cancels")
         assert state["cancels"] == 1
-        assert state["pending_deferreds"] == 0
+        assert state["pending_deferreds"] == state["pending_futures"] == 0
+    if form in ("coro", "task"):
+        assert _state_when(server, key, "coro_finally")["coro_finally"] == 1
+        assert wait_until(lambda: server.state(key)["tasks"] == 0, what="no task left")
     # After the exit, a resume of the dead request is False.
     if form == "raw":
         assert _release(server, key) == []
 
 
-def test_rule8_disconnect_after_headers_sent(server: Server) -> None:
+@pytest.mark.parametrize("form", WAIT_FORMS)
+def test_rule8_disconnect_after_headers_sent(server: Server, form: str) -> None:
     """The same when the headers and a first chunk were already sent."""
     key = unique()
-    sock, reader = _hold(server, key, first="x", form="wait")
+    sock, reader = _hold(server, key, first="x", form=form)
     reader.read_head(bytearray())
     assert reader.read_chunk() == b"x"
     sock.close()
-    state = _state_when(server, key, "exits")
+    _state_when(server, key, "exits")
+    state = _state_when(server, key, "cancels")
     assert (state["exits"], state["close_calls"], state["cancels"]) == (1, 1, 1)
 
 
@@ -454,12 +476,15 @@ def test_rule8_disconnect_kills_1000_paused_requests_without_leaks(
     wsgi_server: StartServer,
 ) -> None:
     """
-    1,000 clients killed while their request is paused at C{yield b""} (half
-    raw, half wait; half FIN, half RST), 100 at a time: every iterable is
-    closed once (GeneratorExit at the yield, never resumed), every Deferred
-    cancelled, and the server's descriptors come back to their count
-    before, its memory grows by less than 20 MiB, and it still serves.
+    1,000 clients killed while their request is paused at C{yield b""} (a
+    quarter each raw, waiting on a Deferred, on a coroutine, on a future;
+    half FIN, half RST), 100 at a time: every iterable is closed once
+    (GeneratorExit at the yield, never resumed), every Deferred, task and
+    future cancelled, no task left on the loop, and the server's
+    descriptors come back to their count before, its memory grows by less
+    than 20 MiB, and it still serves.
     """
+    forms = ["raw", "wait", "coro", "future"]
     srv = wsgi_server(fresh=True)
     key = unique()
     batch = 100
@@ -467,7 +492,7 @@ def test_rule8_disconnect_kills_1000_paused_requests_without_leaks(
     def run_batch(n_done: int) -> int:
         socks = []
         for i in range(batch):
-            form = "raw" if i % 2 else "wait"
+            form = forms[i % len(forms)]
             s = connect(srv.port)
             s.sendall(build_request("GET", f"/p/hold?key={key}&form={form}"))
             socks.append(s)
@@ -475,12 +500,17 @@ def test_rule8_disconnect_kills_1000_paused_requests_without_leaks(
             lambda: srv.state(key).get("paused_now") == batch, what=f"{batch} paused"
         )
         for i, s in enumerate(socks):
-            if i % 4 < 2:
+            if (i // len(forms)) % 2:
                 reset(s)
             else:
                 s.close()
         done = n_done + batch
         wait_until(lambda: srv.state(key).get("exits", 0) >= done, what=f"{done} exits")
+        cancelled = done * 3 // len(forms)
+        wait_until(
+            lambda: srv.state(key).get("cancels", 0) >= cancelled,
+            what=f"{cancelled} cancelled",
+        )
         return done
 
     done = run_batch(0)  # warm-up
@@ -492,9 +522,11 @@ def test_rule8_disconnect_kills_1000_paused_requests_without_leaks(
         done = run_batch(done)
     state = srv.state(key)
     assert state["exits"] == state["close_calls"] == state["armed"] == done == 1100
-    assert state["cancels"] == done // 2
+    assert state["cancels"] == done * 3 // len(forms)
+    assert state["coro_finally"] == done // len(forms)
     assert state["paused_now"] == 0 and "resumed" not in state
     assert state["pending_resumes"] == state["pending_deferreds"] == 0
+    assert state["pending_futures"] == state["tasks"] == 0
     wait_until(
         lambda: get_json(srv.port, "/server")["connections"] <= 1, what="connections"
     )
@@ -640,6 +672,8 @@ def test_callbacks_into_the_request_from_its_own_callbacks(server: Server) -> No
         "disconnected_in_close": "False",
         "pending_resumes": 0,
         "pending_deferreds": 0,
+        "pending_futures": 0,
+        "tasks": 0,
     }
 
 
@@ -838,6 +872,62 @@ def test_rule12_pipelined_request_waits_for_the_response(server: Server) -> None
     sock.close()
 
 
+# --- rule 13: what wait takes ------------------------------------------------------------
+
+
+def test_rule13_a_coroutine_runs_as_a_task_on_the_reactors_loop(server: Server) -> None:
+    """wait(coroutine) runs it as a task on the reactor's asyncio face,
+    which is also the running loop of the application; asyncio.sleep works
+    there."""
+    assert get_json(server.port, "/p/wait-face") == {
+        "app_loop_is_face": True,
+        "loop_is_face": True,
+        "in_task": True,
+        "slept": "slept",
+    }
+
+
+def test_rule13_wait_refuses_what_it_cannot_wait_for(server: Server) -> None:
+    """wait() given what is neither a Deferred nor an asyncio awaitable
+    raises TypeError (with a hint for a concurrent.futures.Future), given a
+    future of another event loop ValueError, and leaves no pause armed: the
+    next wait() works. A coroutine given while a pause is armed is refused
+    (RuntimeError) and closed, so it does not warn that it was never
+    awaited (the fixture fails the test on such a warning in the log). A
+    coroutine that awaits an unfired Deferred in its task fails with
+    asyncio's "bad yield" RuntimeError, which result() raises."""
+    out = get_json(server.port, "/p/wait-refused")
+    prefix = "TypeError: twisted_shim.wait() takes a Deferred, a coroutine or an asyncio future, not"
+    assert out["int"] == f"{prefix} int"
+    assert out["coroutine_function"] == f"{prefix} function"
+    assert out["concurrent"].startswith(f"{prefix} Future (a concurrent.futures")
+    assert out["other_loop"].startswith(
+        "ValueError: twisted_shim.wait() was given a future of"
+    )
+    assert out["while_armed"] == "RuntimeError"
+    assert out["coro_state"] == "CORO_CLOSED"
+    assert out["after"] == "slept"
+    assert out["awaits_a_deferred"].startswith(
+        "RuntimeError: Task got bad yield: <Deferred"
+    )
+    assert "never awaited" not in server.log()
+
+
+@pytest.mark.parametrize("form", ["future", "coro"])
+def test_rule13_done_future_resumes_on_the_next_pass(server: Server, form: str) -> None:
+    """wait() on a future already done, or on a coroutine that returns
+    without awaiting: asyncio runs done callbacks from the loop, never at
+    once, so the outcome is not in at the yield; the request suspends and
+    is resumed by the loop's next pass, with the result."""
+    out = get(server.port, f"/p/early?form={form}", timeout=5).json()
+    assert out == {
+        "done_at_yield": False,
+        "done": True,
+        "result": 42,
+        "timed_out": False,
+    }
+
+
 # --- limits do not cut paused requests --------------------------------------------------------
 
 
@@ -859,9 +949,10 @@ def test_paused_request_outlives_header_and_keepalive_timeouts(limited: Server) 
 
 def test_400_requests_paused_at_once(wsgi_server: StartServer) -> None:
     """
-    400 requests on one server, half with the raw wsgi.pause_output form and
-    half with twisted_shim.wait: each counts itself as paused, and only the
-    400th releases them all. Every request reports that it was released
+    400 requests on one server, a quarter each with the raw
+    wsgi.pause_output form, twisted_shim.wait on a Deferred, on a coroutine
+    and on a task: each counts itself as paused, and only the 400th
+    releases them all. Every request reports that it was released
     before it continued (it was suspended) and a peak of 400 paused at once;
     all 400 responses are complete.
     """
@@ -869,8 +960,9 @@ def test_400_requests_paused_at_once(wsgi_server: StartServer) -> None:
     key = unique()
     n = 400
     socks = []
+    forms = ["raw", "wait", "coro", "task"]
     for i in range(n):
-        form = "raw" if i % 2 else "wait"
+        form = forms[i % len(forms)]
         s = connect(srv.port, timeout=30)
         s.sendall(build_request("GET", f"/p/gather?key={key}&n={n}&form={form}"))
         socks.append((form, s))
@@ -884,5 +976,5 @@ def test_400_requests_paused_at_once(wsgi_server: StartServer) -> None:
         assert out["released_first"] is True
         assert out["peak"] == n
         assert out["form"] == form
-        if form == "wait":
+        if form != "raw":
             assert out["result"] == "released"

@@ -16,7 +16,10 @@ C{GET /state?key=K}. Tests assert on these counts, not on timings.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
+import inspect
 import io
 import json
 import sys
@@ -44,6 +47,8 @@ RESUMES: dict[str, list[Callable[[], bool]]] = {}
 RELEASED: dict[str, list[Callable[[], bool]]] = {}
 #: The Deferreds of wait-form pauses not yet fired, per key.
 DEFERREDS: dict[str, list[Deferred[Any]]] = {}
+#: The asyncio futures the coro, future and task forms wait on, per key.
+FUTURES: dict[str, list[asyncio.Future[Any]]] = {}
 #: C{x-wsgiorg.client_disconnected} of the last request with a key.
 DISCONNECTED: dict[str, Callable[[], bool]] = {}
 #: A C{pause_output} kept past the end of its request.
@@ -178,6 +183,9 @@ def state(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         out["client_disconnected_now"] = DISCONNECTED[key]()
     out["pending_resumes"] = len(RESUMES.get(key, []))
     out["pending_deferreds"] = len(DEFERREDS.get(key, []))
+    out["pending_futures"] = len(FUTURES.get(key, []))
+    # asyncio tasks not done on the reactor's face (all keys).
+    out["tasks"] = len(asyncio.all_tasks(asyncio.get_running_loop()))
     return respond_json(start_response, out)
 
 
@@ -578,8 +586,13 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 
       - C{key}: where it records (C{armed}, C{paused_now}, C{exits},
         C{cancels}, C{resumed}, C{timed_out}, C{result}, C{close_calls}).
-      - C{form}: C{raw} (C{wsgi.pause_output}) or C{wait} (C{twisted_shim.wait}
-        on a Deferred whose canceller counts C{cancels}).
+      - C{form}: C{raw} (C{wsgi.pause_output}), C{wait} (C{twisted_shim.wait}
+        on a Deferred whose canceller counts C{cancels}), or, waiting on an
+        asyncio future of the running loop (L{_asyncio_awaitable}), C{coro}
+        (a coroutine awaiting it), C{task} (that coroutine in a task the
+        application made) or C{future} (the future itself); C{cancels}
+        counts the coroutine's C{CancelledError}, or the future's
+        cancellation.
       - C{sr}: C{before} the pause or C{after} the resume.
       - C{flush=1}: C{x-wsgiorg.flush()} after start_response.
       - C{first}: what to yield at the pause (default C{b""}).
@@ -589,7 +602,7 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
       - C{arm=callable}: arm (after start_response) in the application
         callable, not in the iterable.
 
-    C{/p/release?key=K} resumes it (raw) or fires its Deferred (wait).
+    C{/p/release?key=K} resumes it (raw) or fires its Deferred or future.
     """
     o = query(environ)
     key = o["key"]
@@ -602,16 +615,26 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     form = o.get("form", "raw")
     DISCONNECTED[key] = environ["x-wsgiorg.client_disconnected"]
 
-    def arm() -> tuple[Any, Deferred[Any] | None, Any]:
-        """Arm the pause: (resume, None, None) or (None, deferred, waiter)."""
+    def arm() -> tuple[Any, Deferred[Any] | asyncio.Future[Any] | None, Any]:
+        """Arm the pause: (resume, None, None) or (None, what fires, waiter)."""
         if form == "raw":
             pause = environ["wsgi.pause_output"]
             resume = pause() if timeout is None else pause(timeout=timeout)
             RESUMES.setdefault(key, []).append(resume)
             return resume, None, None
-        deferred: Deferred[Any] = Deferred(lambda d: bump(rec, "cancels"))
-        DEFERREDS.setdefault(key, []).append(deferred)
-        return None, deferred, environ["twisted_shim.wait"](deferred, timeout=timeout)
+        if form == "wait":
+            deferred: Deferred[Any] = Deferred(lambda d: bump(rec, "cancels"))
+            DEFERREDS.setdefault(key, []).append(deferred)
+            waiter = environ["twisted_shim.wait"](deferred, timeout=timeout)
+            return None, deferred, waiter
+        future, awaited = _asyncio_awaitable(form, rec)
+        FUTURES.setdefault(key, []).append(future)
+        return None, future, environ["twisted_shim.wait"](awaited, timeout=timeout)
+
+    def forget(fires: Deferred[Any] | asyncio.Future[Any] | None) -> None:
+        for pending in (DEFERREDS, FUTURES):
+            if fires in pending.get(key, []):
+                pending[key].remove(fires)  # type: ignore[arg-type]
 
     in_callable = o.get("arm") == "callable"
     if in_callable:
@@ -633,8 +656,7 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             rec["disconnected_at_exit"] = environ["x-wsgiorg.client_disconnected"]()
             if resume is not None and resume in RESUMES.get(key, []):
                 RESUMES[key].remove(resume)
-            if deferred is not None and deferred in DEFERREDS.get(key, []):
-                DEFERREDS[key].remove(deferred)
+            forget(deferred)
             raise
         finally:
             bump(rec, "paused_now", -1)
@@ -647,8 +669,7 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 rec["result"] = waiter.result()
             except BaseException as e:
                 rec["result"] = f"raised {type(e).__name__}"
-            if deferred in DEFERREDS.get(key, []):
-                DEFERREDS[key].remove(deferred)
+            forget(deferred)
         if o.get("then") == "error":
             raise ValueError(f"error after resume on purpose ({key})")
         if o.get("sr", "before") == "after":
@@ -656,6 +677,37 @@ def _hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         yield b"resumed"
 
     return Counted(body(), rec)
+
+
+def _asyncio_awaitable(
+    form: str, rec: dict[str, Any]
+) -> tuple[asyncio.Future[Any], Any]:
+    """
+    A future of the running asyncio loop (the reactor's face), and what
+    C{form} waits on: C{coro}, a coroutine that awaits it; C{task}, that
+    coroutine as a task; C{future}, the future. C{cancels} counts the
+    coroutine's C{CancelledError} at its C{await} (the future's
+    cancellation, for C{future}); C{coro_finally} its C{finally} block.
+    """
+    future = asyncio.get_running_loop().create_future()
+    if form == "future":
+        future.add_done_callback(lambda f: f.cancelled() and bump(rec, "cancels"))
+        return future, future
+
+    async def waiting() -> Any:
+        try:
+            return await future
+        except asyncio.CancelledError:
+            bump(rec, "cancels")
+            raise
+        finally:
+            bump(rec, "coro_finally")
+
+    if form == "coro":
+        return future, waiting()
+    if form == "task":
+        return future, asyncio.ensure_future(waiting())
+    raise ValueError(f"unknown form {form!r}")
 
 
 _hold_validated = validator(_hold)
@@ -673,9 +725,10 @@ def hold(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 @route("/p/release")
 def release(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """
-    Resume every raw pause held under C{key} and fire every Deferred held
-    under it (with C{value}, or a LookupError if C{fail=1}); with C{again=1}, call the already released
-    resume callables again. Returns what resume() returned.
+    Resume every raw pause held under C{key} and fire every Deferred and
+    asyncio future held under it (with C{value}, or a LookupError if
+    C{fail=1}); with C{again=1}, call the already released resume callables
+    again. Returns what resume() returned.
     """
     o = query(environ)
     key = o["key"]
@@ -694,6 +747,15 @@ def release(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 returned.append("failed")
             else:
                 d.callback(o.get("value", "fired"))
+                returned.append("fired")
+        for f in FUTURES.pop(key, []):
+            if f.done():
+                returned.append("already fired")
+            elif o.get("fail") == "1":
+                f.set_exception(LookupError("the future failed on purpose"))
+                returned.append("failed")
+            else:
+                f.set_result(o.get("value", "fired"))
                 returned.append("fired")
     return respond_json(start_response, {"returned": returned})
 
@@ -804,9 +866,15 @@ def end_armed(environ: Environ, start_response: StartResponse) -> Iterable[bytes
 @route("/p/early")
 def early(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """Rule 3: resumed before the yield (raw), or waiting on a Deferred that
-    has already fired (wait): the yield does not suspend."""
+    has already fired (wait): the yield does not suspend. With C{future} (a
+    future already done) or C{coro} (a coroutine that returns at once),
+    C{done} says whether the outcome was in at the yield (it is not: asyncio
+    runs done callbacks from the loop)."""
     form = query(environ).get("form", "raw")
     start_response("200 OK", list(TEXT))
+
+    async def answer() -> int:
+        return 42
 
     def body() -> Iterator[bytes]:
         out: dict[str, Any] = {}
@@ -816,7 +884,16 @@ def early(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             yield b""
             out["after"] = resume()
         else:
-            w = environ["twisted_shim.wait"](succeed(42))
+            if form == "wait":
+                awaited: Any = succeed(42)
+            elif form == "future":
+                awaited = asyncio.get_running_loop().create_future()
+                awaited.set_result(42)
+            else:
+                awaited = answer()
+            w = environ["twisted_shim.wait"](awaited)
+            if form != "wait":
+                out["done_at_yield"] = w.done()
             yield b""
             out["done"] = w.done()
             out["result"] = w.result()
@@ -1159,7 +1236,8 @@ GATHER: dict[str, dict[str, Any]] = {}
 def gather(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """
     C{n} requests paused at once. Each arms a pause (C{form=raw}) or waits on
-    its own Deferred (C{form=wait}) and counts itself as paused; the request
+    its own Deferred (C{form=wait}) or asyncio future (C{coro}, C{task},
+    C{future}: L{_asyncio_awaitable}) and counts itself as paused; the request
     that brings the count to C{n} releases them all. Each then reports
     whether the release came before it continued (it must: it was
     suspended) and the peak count.
@@ -1176,10 +1254,14 @@ def gather(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if o["form"] == "raw":
             resume = environ["wsgi.pause_output"]()
             g["release"].append(lambda: resume())
-        else:
+        elif o["form"] == "wait":
             d: Deferred[Any] = Deferred()
             g["release"].append(lambda: d.callback("released"))
             w = environ["twisted_shim.wait"](d)
+        else:
+            f, awaited = _asyncio_awaitable(o["form"], record(o["key"]))
+            g["release"].append(lambda: f.set_result("released"))
+            w = environ["twisted_shim.wait"](awaited)
         g["paused"] += 1
         g["peak"] = max(g["peak"], g["paused"])
         if g["paused"] == n:
@@ -1194,5 +1276,93 @@ def gather(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if w is not None:
             out["result"] = w.result()
         yield json_body(out)
+
+    return body()
+
+
+@route("/p/wait-refused")
+def wait_refused(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """
+    What wait() cannot wait for: it raises, leaving no pause armed (the next
+    wait() works), and a coroutine it was given while a pause was armed is
+    closed, not left to warn that it was never awaited. A coroutine that
+    awaits an unfired Deferred in its task fails with asyncio's "bad yield".
+    """
+    start_response("200 OK", list(TEXT))
+    wait = environ["twisted_shim.wait"]
+
+    async def never() -> None:
+        await asyncio.sleep(3600)
+
+    async def awaits_a_deferred() -> Any:
+        return await Deferred()
+
+    def body() -> Iterator[bytes]:
+        out: dict[str, Any] = {}
+        other = asyncio.new_event_loop()
+        given: dict[str, Callable[[], Any]] = {
+            "int": lambda: 42,
+            "concurrent": concurrent.futures.Future,
+            "other_loop": other.create_future,
+            "coroutine_function": lambda: never,
+        }
+        try:
+            for name, make in given.items():
+                try:
+                    wait(make())
+                    out[name] = "accepted"
+                except Exception as e:
+                    out[name] = f"{type(e).__name__}: {e}"
+        finally:
+            other.close()
+        resume = environ["wsgi.pause_output"]()
+        coro = never()
+        try:
+            wait(coro)
+            out["while_armed"] = "accepted"
+        except RuntimeError:
+            out["while_armed"] = "RuntimeError"
+        out["coro_state"] = inspect.getcoroutinestate(coro)
+        resume()
+        yield b""
+        w = wait(asyncio.sleep(0, "slept"))
+        yield b""
+        out["after"] = w.result()
+        w = wait(awaits_a_deferred())
+        yield b""
+        try:
+            out["awaits_a_deferred"] = w.result()
+        except RuntimeError as e:
+            out["awaits_a_deferred"] = f"RuntimeError: {e}"
+        yield json_body(out)
+
+    return body()
+
+
+@route("/p/wait-face")
+def wait_face(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """
+    Where wait() runs a coroutine: the loop it sees is the reactor's asyncio
+    face (the running loop of the application too), in a task; asyncio's
+    own timers work there.
+    """
+    from twisted_shim import aio
+
+    start_response("200 OK", list(TEXT))
+    face = aio.loop_of(environ["twisted_shim.reactor"])
+
+    async def where() -> dict[str, Any]:
+        slept = await asyncio.sleep(0.01, "slept")
+        return {
+            "loop_is_face": asyncio.get_running_loop() is face,
+            "in_task": asyncio.current_task() is not None,
+            "slept": slept,
+        }
+
+    def body() -> Iterator[bytes]:
+        app_loop_is_face = asyncio.get_running_loop() is face
+        w = environ["twisted_shim.wait"](where(), timeout=10)
+        yield b""
+        yield json_body({"app_loop_is_face": app_loop_is_face, **w.result()})
 
     return body()

@@ -55,7 +55,9 @@ pub struct WsgiShared {
     pub app: Py<PyAny>,
     /// `wsgi.errors`.
     pub errors: Py<PyAny>,
-    /// `twisted_shim.wsgi._wait.Waiter`, what `twisted_shim.wait` returns.
+    /// `twisted_shim.wsgi._wait.Waiter`, what `twisted_shim.wait` returns:
+    /// called as `Waiter(awaited, resume, reactor)`; `Waiter.discard(awaited)`
+    /// when the pause could not be armed.
     pub waiter: Py<PyAny>,
     /// The thread the host was made on (the reactor's): `pause_output` is
     /// refused elsewhere.

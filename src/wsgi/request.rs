@@ -456,11 +456,12 @@ impl Request {
         self.disconnected
     }
 
-    /// `twisted_shim.wait(deferred, timeout=None) -> Waiter`.
-    #[pyo3(signature = (deferred, timeout=None))]
+    /// `twisted_shim.wait(awaited, timeout=None) -> Waiter`: `awaited` is a
+    /// Deferred or an asyncio awaitable (the `Waiter` tells them apart).
+    #[pyo3(signature = (awaited, timeout=None))]
     fn wait(
         slf: &Bound<'_, Self>,
-        deferred: &Bound<'_, PyAny>,
+        awaited: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
@@ -468,11 +469,37 @@ impl Request {
             .shared
             .upgrade()
             .ok_or_else(|| PyRuntimeError::new_err("the server is gone"))?;
-        let resume = Request::pause_output(slf, timeout)?;
-        let waiter = shared
-            .waiter
-            .bind(py)
-            .call1((deferred, resume.clone_ref(py)))?;
+        let waiter_class = shared.waiter.bind(py);
+        let resume = match Request::pause_output(slf, timeout) {
+            Ok(resume) => resume,
+            Err(e) => {
+                // Nothing will run `awaited` now: a coroutine not started is
+                // closed, so that it does not warn it was never awaited.
+                if let Err(d) = waiter_class.call_method1(intern!(py, "discard"), (awaited,)) {
+                    log_failure(py, "while discarding what a refused wait() was given", d);
+                }
+                return Err(e);
+            }
+        };
+        let made = waiter_class.call1((awaited, resume.clone_ref(py), shared.reactor.bind(py)));
+        let waiter = match made {
+            Ok(waiter) => waiter,
+            Err(e) => {
+                // Not something to wait for (a TypeError): the pause is
+                // disarmed, so the request goes on as if wait() was never
+                // called.
+                resume.get().kill(py, false);
+                let armed = state_mut(slf).map(|mut r| {
+                    if r.pause.as_ref().is_some_and(|p| p.is(&resume)) {
+                        r.pause.take()
+                    } else {
+                        None
+                    }
+                });
+                drop(armed);
+                return Err(e);
+            }
+        };
         resume
             .get()
             .interrupts_push(waiter.getattr(intern!(py, "_interrupt"))?.unbind());

@@ -2,8 +2,9 @@
 The WSGI host: HTTP/1.1 and PEP 3333 on the Rust loop, with pause_output.
 
 An application runs on the reactor thread. When it must wait for I/O it
-pauses its output, lets a Deferred fire, and is resumed — no thread per
-request (C{docs/pause_output.md} is the contract):
+pauses its output, lets a Deferred fire (or an asyncio task, on the
+reactor's own loop, finish), and is resumed — no thread per request
+(C{docs/pause_output.md} is the contract):
 
     def app(environ, start_response):
         w = environ["twisted_shim.wait"](treq.get(url), timeout=10.0)
