@@ -259,19 +259,19 @@ impl Loop {
                 )))
             }
         };
-        self.add_fd(py, sel, fd, read)
+        self.add_in(&mut lock(&self.fds), py, sel, fd, read)
     }
 
-    /// [`Loop::add`] for a selectable whose `fileno()` is known to be `fd`
-    /// (a native transport inside the dispatch that checked it).
-    pub(crate) fn add_fd(
+    /// `add` of `sel` on `fd`, in the table `fds` (locked by the caller).
+    fn add_in(
         &self,
+        fds: &mut FdSet,
         py: Python<'_>,
         sel: &Bound<'_, PyAny>,
         fd: RawFd,
         read: bool,
     ) -> PyResult<bool> {
-        match lock(&self.fds).add_python(py, &self.poller(), fd, sel, read) {
+        match fds.add_python(py, &self.poller(), fd, sel, read) {
             Ok(()) => Ok(true),
             // epoll cannot watch regular files; the caller polls them
             // continuously instead, as epollreactor does.
@@ -280,22 +280,48 @@ impl Loop {
         }
     }
 
+    /// [`Loop::add`] for a selectable whose `fileno()` was `fd` when the
+    /// dispatch under way checked it (a native transport's), without asking
+    /// again: only while what is registered on `fd` is `sel` itself. Python
+    /// code the dispatch ran may have closed the descriptor (`fileno()` is
+    /// -1 then) and its number may be another's now. `None`: not known to be
+    /// `sel`'s; the caller asks `fileno()`.
+    pub(crate) fn add_known(
+        &self,
+        py: Python<'_>,
+        sel: &Bound<'_, PyAny>,
+        fd: RawFd,
+        read: bool,
+    ) -> PyResult<Option<bool>> {
+        let mut fds = lock(&self.fds);
+        if !fds.holds_python(fd, sel) {
+            return Ok(None);
+        }
+        self.add_in(&mut fds, py, sel, fd, read).map(Some)
+    }
+
     pub(crate) fn remove(&self, sel: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         // A selectable whose fileno() fails is looked up by identity.
         let fd = fileno_of(sel).unwrap_or(None);
-        self.remove_fd(sel, fd, read)
-    }
-
-    /// [`Loop::remove`] for a selectable whose `fileno()` is known to be
-    /// `fd` (`None`: -1, or it failed).
-    pub(crate) fn remove_fd(
-        &self,
-        sel: &Bound<'_, PyAny>,
-        fd: Option<RawFd>,
-        read: bool,
-    ) -> PyResult<bool> {
         lock(&self.fds)
             .remove_python(&self.poller(), fd, sel, read)
+            .map_err(os_error)
+    }
+
+    /// [`Loop::remove`] for a selectable whose `fileno()` was `fd` when the
+    /// dispatch under way checked it, on the terms of [`Loop::add_known`].
+    pub(crate) fn remove_known(
+        &self,
+        sel: &Bound<'_, PyAny>,
+        fd: RawFd,
+        read: bool,
+    ) -> PyResult<Option<bool>> {
+        let mut fds = lock(&self.fds);
+        if !fds.holds_python(fd, sel) {
+            return Ok(None);
+        }
+        fds.remove_python(&self.poller(), Some(fd), sel, read)
+            .map(Some)
             .map_err(os_error)
     }
 

@@ -189,6 +189,12 @@ impl FdSet {
         self.by_fd.get(fd as usize).copied().flatten()
     }
 
+    /// Whether what is registered on `fd` is the Python selectable `sel`.
+    pub fn holds_python(&self, fd: RawFd, sel: &Bound<'_, PyAny>) -> bool {
+        self.lookup(fd)
+            .is_some_and(|idx| matches!(&self.slab[idx].target, Target::Python(o) if o.is(sel)))
+    }
+
     /// The registration behind a poller key, unless it is stale.
     pub fn snapshot(&self, py: Python<'_>, key: usize) -> Option<Snapshot> {
         let (idx, gen) = split_key(key);

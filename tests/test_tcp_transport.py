@@ -613,3 +613,81 @@ def test_a_listener_subclass_keeps_its_own_accept() -> None:
     finally:
         plain.close()
         mine.close()
+
+
+class SocketReader:
+    """A plain reader of a socket, registered with C{addReader}."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "SocketReader"
+
+    def doRead(self) -> None:
+        self.data += self.sock.recv(65536)
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+def socket_on(fd: int) -> tuple[socket.socket, socket.socket]:
+    """A connected pair whose first socket has descriptor C{fd} (free)."""
+    a, b = socket.socketpair()
+    for mine, other in ((a, b), (b, a)):
+        if mine.fileno() == fd:
+            return mine, other
+    os.dup2(a.fileno(), fd)
+    a.close()
+    return socket.socket(fileno=fd), b
+
+
+def test_a_transport_closed_in_its_callback_leaves_its_old_descriptor_alone(
+    reactor: RustReactor,
+) -> None:
+    """
+    A transport closed inside its own dataReceived (connectionLost called
+    there) has no descriptor any more: its stopReading() and startReading()
+    after that do not touch whatever now has its old descriptor number (a
+    reader added in the same callback), as Twisted asks fileno(), which
+    says -1 (stopReading finds nothing; startReading raises).
+    """
+    box: dict[str, Any] = {}
+
+    class Closing(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            t: Any = self.transport
+            fd = t.fileno()
+            t.connectionLost(Failure(error.ConnectionDone()))
+            box["pair"] = a, _ = socket_on(fd)
+            box["reader"] = SocketReader(a)
+            reactor.addReader(box["reader"])
+            t.stopReading()
+            try:
+                t.startReading()
+            except Exception as e:
+                box["start"] = e
+            box["readers"] = reactor.getReaders()
+
+    proto = Closing()
+    transport, peer = accepted(reactor, proto)
+    peer.sendall(b"x")
+    try:
+        run_until(reactor, lambda: "readers" in box, "dataReceived")
+        assert isinstance(box.get("start"), OSError)
+        assert box["readers"] == [box["reader"]]
+        box["pair"][1].sendall(b"hello")
+        for _ in range(100):
+            if box["reader"].data:
+                break
+            reactor.iterate(0.02)
+        assert box["reader"].data == b"hello"
+    finally:
+        reactor.removeReader(box["reader"])
+        for s in box.get("pair", ()):
+            s.close()
+        peer.close()

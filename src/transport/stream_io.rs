@@ -82,7 +82,9 @@ pub struct StreamIO {
     /// The descriptor the loop checked (its `fileno()`) for the event being
     /// dispatched to this transport, -1 outside one: what `startWriting`
     /// and the like register under while it runs, without asking
-    /// `fileno()` again ([`Dispatching`]).
+    /// `fileno()` again ([`Dispatching`]), as long as the loop has this
+    /// transport on it ([`Loop::add_known`]: the dispatch's Python code
+    /// may have closed it).
     dispatch_fd: AtomicI32,
 }
 
@@ -287,13 +289,19 @@ impl StreamIO {
         if let Some(lp) = Self::reactor_loop(slf)? {
             let lp = lp.get();
             // Inside a dispatch to this transport, the descriptor the loop
-            // has just checked is its fileno().
+            // has just checked is its fileno(), while the loop still has
+            // this transport on it (the dispatch's Python code may have
+            // closed it, and the number may be another's now).
             let known = slf.borrow().dispatch_fd.load(Ordering::Relaxed);
-            let done = match (add, known >= 0) {
-                (true, true) => lp.add_fd(py, obj, known, reading)?,
-                (true, false) => lp.add(py, obj, reading)?,
-                (false, true) => lp.remove_fd(obj, Some(known), reading)?,
-                (false, false) => lp.remove(obj, reading)?,
+            let fast = match (known >= 0, add) {
+                (false, _) => None,
+                (true, true) => lp.add_known(py, obj, known, reading)?,
+                (true, false) => lp.remove_known(obj, known, reading)?,
+            };
+            let done = match fast {
+                Some(done) => done,
+                None if add => lp.add(py, obj, reading)?,
+                None => lp.remove(obj, reading)?,
             };
             if done {
                 return Ok(());
