@@ -88,32 +88,54 @@ fn less_instance(sel: &Bound<'_, PyAny>, mut facts: ClassFacts) -> ClassFacts {
         return facts;
     }
     let py = sel.py();
-    // The instance dictionary itself, as attribute lookup reads it (not
-    // whatever a class's own `__dict__` attribute would return), without
-    // looking `__dict__` up through the class.
-    // SAFETY: `sel` is a live object and the GIL is held; the function
-    // returns a new reference or NULL with an exception set, both taken
-    // over by `from_owned_ptr_or_err`.
-    let dict = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyObject_GenericGetDict(sel.as_ptr(), std::ptr::null_mut()),
-        )
-    };
-    let Ok(dict) = dict else {
-        return facts; // no instance dictionary: nothing overridden
-    };
-    let Ok(dict) = dict.cast::<PyDict>() else {
-        return ClassFacts::default(); // not a dict: assume everything is
+    let dict = match instance_dict(sel) {
+        InstanceDict::None => return facts, // nothing overridden
+        InstanceDict::Other => return ClassFacts::default(), // assume everything is
+        InstanceDict::Dict(dict) => dict,
     };
     let has = |name: &Bound<'_, PyString>| dict.contains(name).unwrap_or(true);
-    if facts.stream_io && (has(intern!(py, "doRead")) || has(intern!(py, "doWrite"))) {
+    if facts.stream_io
+        && (has(intern!(py, "doRead"))
+            || has(intern!(py, "doWrite"))
+            || has(intern!(py, "stopWriting")))
+    {
         facts.stream_io = false;
     }
     if facts.logstr_prefix && has(intern!(py, "logPrefix")) {
         facts.logstr_prefix = false;
     }
     facts
+}
+
+/// What attribute lookup reads as an object's instance dictionary.
+pub(crate) enum InstanceDict<'py> {
+    /// It has none: its class answers alone.
+    None,
+    /// Not a `dict`: nothing is assumed of what it holds.
+    Other,
+    Dict(Bound<'py, PyDict>),
+}
+
+/// The instance dictionary of `sel` itself, as attribute lookup reads it
+/// (not whatever a class's own `__dict__` attribute would return), without
+/// looking `__dict__` up through the class.
+pub(crate) fn instance_dict<'py>(sel: &Bound<'py, PyAny>) -> InstanceDict<'py> {
+    // SAFETY: `sel` is a live object and the GIL is held; the function
+    // returns a new reference or NULL with an exception set, both taken
+    // over by `from_owned_ptr_or_err`.
+    let dict = unsafe {
+        Bound::from_owned_ptr_or_err(
+            sel.py(),
+            ffi::PyObject_GenericGetDict(sel.as_ptr(), std::ptr::null_mut()),
+        )
+    };
+    match dict {
+        Err(_) => InstanceDict::None,
+        Ok(d) => match d.cast_into::<PyDict>() {
+            Ok(d) => InstanceDict::Dict(d),
+            Err(_) => InstanceDict::Other,
+        },
+    }
 }
 
 /// What the dispatch may take as given for `sel` now: its class's facts

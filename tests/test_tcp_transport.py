@@ -691,3 +691,34 @@ def test_a_transport_closed_in_its_callback_leaves_its_old_descriptor_alone(
         for s in box.get("pair", ()):
             s.close()
         peer.close()
+
+
+def test_an_instance_stopWriting_is_called_by_doWrite(reactor: RustReactor) -> None:
+    """
+    A C{stopWriting} set on a transport instance is what C{doWrite} calls
+    when the queue empties, as Twisted's C{self.stopWriting()} finds it:
+    on the loop's dispatch and on a C{doWrite} called from Python.
+    """
+    calls: list[str] = []
+    proto = Recorder()
+    transport, peer = accepted(reactor, proto)
+    own = transport.stopWriting
+
+    def stopWriting() -> None:
+        calls.append("stopWriting")
+        own()
+
+    transport.stopWriting = stopWriting  # type: ignore[union-attr]
+    peer.settimeout(10)
+    transport.write(b"one")  # type: ignore[union-attr]
+    run_until(reactor, lambda: bool(calls), "stopWriting called")
+    assert peer.recv(3) == b"one"
+    # doWrite called from Python (through an instance doWrite).
+    transport.doWrite = lambda: type(transport).doWrite(transport)  # type: ignore[union-attr]
+    transport.write(b"two")  # type: ignore[union-attr]
+    run_until(reactor, lambda: len(calls) == 2, "stopWriting called again")
+    assert peer.recv(3) == b"two"
+    del transport.doWrite  # type: ignore[union-attr]
+    del transport.stopWriting  # type: ignore[union-attr]
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")

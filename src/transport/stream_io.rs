@@ -62,7 +62,7 @@ use super::state::{Attr, State};
 use super::unix_io;
 use crate::event_loop::Loop;
 use crate::net::write::WriteQueue;
-use crate::selectable::ClassFacts;
+use crate::selectable::{self, ClassFacts, InstanceDict};
 use crate::time::lock;
 use crate::twisted::api;
 
@@ -206,7 +206,6 @@ fn receive(py: Python<'_>, fd: RawFd, size: usize, direct: bool) -> PyResult<Rec
     }
 }
 
-/// `StreamIO.doRead` and `StreamIO.doWrite` as the class holds them.
 /// `StreamIO`'s own `doRead`, `doWrite` and `stopWriting`.
 static OWN_METHODS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 
@@ -360,9 +359,11 @@ impl StreamIO {
 
     /// `doWrite` on descriptor `fd` (the loop passes the one it checked).
     ///
-    /// `native`: the class is known to keep `StreamIO`'s `stopWriting`
-    /// ([`StreamIO::class_is_native`]); otherwise `stopWriting()` is called
-    /// as Twisted's `doWrite` calls it, reaching any override.
+    /// `native`: the dispatch knows the selectable keeps `StreamIO`'s
+    /// `stopWriting` ([`crate::selectable::facts`]: its class, less what
+    /// the instance sets); otherwise that is asked here, and an override
+    /// (of the class or the instance) is called as Twisted's `doWrite`
+    /// calls `self.stopWriting()`.
     pub(crate) fn write_ready(
         slf: &Bound<'_, Self>,
         fd: RawFd,
@@ -379,7 +380,7 @@ impl StreamIO {
             Ok(true) => {}
         }
         // Everything went: what FileDescriptor.doWrite does then.
-        if native || Self::class_is_native(obj, &obj.get_type()) {
+        if native || Self::keeps_own_stop_writing(obj) {
             Self::watch(slf, false, false)?;
         } else {
             obj.call_method0(intern!(py, "stopWriting"))?;
@@ -475,6 +476,28 @@ impl StreamIO {
         same(intern!(py, "doRead"), read)
             && same(intern!(py, "doWrite"), write)
             && same(intern!(py, "stopWriting"), stop_writing)
+    }
+
+    /// Whether `obj.stopWriting` is this class's own: its class keeps it
+    /// and the instance sets none of its own (then `doWrite` may stop
+    /// writing on the loop directly rather than through the method).
+    fn keeps_own_stop_writing(obj: &Bound<'_, PyAny>) -> bool {
+        let py = obj.py();
+        let Ok([_, _, mine]) = own_methods(py) else {
+            return false;
+        };
+        let name = intern!(py, "stopWriting");
+        let class_keeps = obj
+            .get_type()
+            .getattr(name)
+            .map(|m| m.is(mine.bind(py)))
+            .unwrap_or(false);
+        class_keeps
+            && match selectable::instance_dict(obj) {
+                InstanceDict::None => true,
+                InstanceDict::Other => false,
+                InstanceDict::Dict(d) => !d.contains(name).unwrap_or(true),
+            }
     }
 
     /// `sel` as a `StreamIO` to call directly, given what the dispatch
