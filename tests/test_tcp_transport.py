@@ -722,3 +722,40 @@ def test_an_instance_stopWriting_is_called_by_doWrite(reactor: RustReactor) -> N
     del transport.stopWriting  # type: ignore[union-attr]
     peer.close()
     run_until(reactor, lambda: proto.lost is not None, "the connection lost")
+
+
+def test_a_socket_class_patched_in_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    With C{socket.socket} replaced by a subclass (as PySocks' C{socksocket}
+    is, to proxy a process's connections), the Port listens on that class,
+    as on Twisted's Port, and its connections are accepted through the
+    class's own C{accept}.
+    """
+
+    class Patched(socket.socket):
+        accepts = 0
+
+        def accept(self) -> tuple[socket.socket, Any]:
+            accepted = super().accept()
+            Patched.accepts += 1
+            return accepted
+
+    monkeypatch.setattr(socket, "socket", Patched)
+    r = RustReactor()
+    proto = Recorder()
+    factory = protocol.ServerFactory()
+    factory.protocol = lambda: proto  # type: ignore[assignment]
+    port = r.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        assert type(port.socket) is Patched
+        monkeypatch.undo()
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        run_until(r, lambda: proto.made, "the connection accepted")
+        assert Patched.accepts == 1
+        peer.close()
+    finally:
+        port.stopListening()
+        for sel in r.removeAll():
+            sel.connectionLost(Failure(error.ConnectionDone()))

@@ -84,8 +84,12 @@ class Client(StreamIO, _NativeTLS, _LocalAddress, tcp.Client):
 _family = _socket.socket.family.__get__
 _type = _socket.socket.type.__get__
 
+#: The standard library's socket class, which L{_Listener} extends: a
+#: listener of exactly this class is made a L{_Listener}.
+_PLAIN_SOCKET = socket.socket
 
-class _Listener(socket.socket):
+
+class _Listener(_PLAIN_SOCKET):
     """
     A listening socket whose C{accept()} is C{socket.accept}'s without the
     two enum conversions (C{self.family} and C{self.type} are properties
@@ -107,9 +111,11 @@ class _Listener(socket.socket):
 
 def fast_accepts(listener: socket.socket) -> None:
     """Make C{listener} (a plain C{socket.socket}) a L{_Listener}: the same
-    object and descriptor, with the cheaper C{accept}. A subclass of
-    C{socket.socket} is left alone: its C{accept} may be its own."""
-    if type(listener) is socket.socket:
+    object and descriptor, with the cheaper C{accept}. Any other class is
+    left alone: a subclass's C{accept} may be its own, and so may that of a
+    class put in C{socket.socket}'s place after this module was imported
+    (as PySocks' C{socksocket} is, whose layout differs too)."""
+    if type(listener) is _PLAIN_SOCKET:
         listener.__class__ = _Listener
 
 
