@@ -759,3 +759,64 @@ def test_a_socket_class_patched_in_is_left_alone(
         port.stopListening()
         for sel in r.removeAll():
             sel.connectionLost(Failure(error.ConnectionDone()))
+
+
+def test_a_finalizer_run_by_the_state_cache_may_write() -> None:
+    """
+    What the transport keeps of a class's state attributes holds them; when
+    it lets go of one the class no longer holds (a C{bufferSize} replaced,
+    then eight fresh class versions later), that object's C{__del__} runs
+    and may write to a transport, which reads that state again: the write
+    goes through (in a child process: this would hang it).
+    """
+    code = textwrap.dedent(
+        """
+        import socket
+        from twisted.internet import protocol
+        from twisted_shim import tcp as shim_tcp
+        from twisted_shim.reactor import RustReactor
+
+        r = RustReactor()
+        made = []
+
+        class P(protocol.Protocol):
+            def connectionMade(self):
+                made.append(self)
+
+        class Sub(shim_tcp.Server):
+            pass
+
+        f = protocol.ServerFactory()
+        f.protocol = P
+        port = r.listenTCP(0, f, interface="127.0.0.1")
+        port.transport = Sub
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        for _ in range(200):
+            if made:
+                break
+            r.iterate(0.05)
+        t = made[0].transport
+
+        class Dying:
+            def __del__(self):
+                t.write(b"from __del__")
+                print("written", flush=True)
+
+        Sub.bufferSize = Dying()
+        t.write(b"")
+        Sub.bufferSize = 65536
+        for i in range(10):
+            Sub.x = i
+            assert t.connected  # the modified class gets a fresh version
+            t.write(b"")
+        print("done", t._queued(), flush=True)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["written", "done", "12"], out.stderr

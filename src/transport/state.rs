@@ -194,14 +194,22 @@ fn class_state(obj: &Bound<'_, PyAny>) -> Option<Arc<ClassState>> {
     if version_tag(&class) != tag {
         return None;
     }
-    let mut next = lock(&NEXT);
-    let mut cache = lock(&CACHE);
-    cache[*next] = Some(Entry {
-        class: address,
-        tag,
-        state: state.clone(),
-    });
-    *next = (*next + 1) % SLOTS;
+    let evicted = {
+        let mut next = lock(&NEXT);
+        let mut cache = lock(&CACHE);
+        let evicted = cache[*next].replace(Entry {
+            class: address,
+            tag,
+            state: state.clone(),
+        });
+        *next = (*next + 1) % SLOTS;
+        evicted
+    };
+    // Dropped with the locks released: the entry may hold the last
+    // reference to a class attribute the class has since let go, whose
+    // finalizer is Python code that may write to a transport, which comes
+    // back here.
+    drop(evicted);
     Some(state)
 }
 
