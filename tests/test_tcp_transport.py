@@ -820,3 +820,44 @@ def test_a_finalizer_run_by_the_state_cache_may_write() -> None:
         timeout=60,
     )
     assert out.stdout.split() == ["written", "done", "12"], out.stderr
+
+
+def test_a_class_attribute_whose_type_becomes_a_descriptor_is_seen(
+    reactor: RustReactor,
+) -> None:
+    """
+    A class's C{bufferSize} that is an object of a user class is read as
+    attribute lookup reads it after that class gains a C{__get__} (which
+    modifies that class, not the transport's): the read size follows.
+    """
+
+    class Size:
+        def __index__(self) -> int:
+            return 3
+
+    class Chunks(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def dataReceived(self, data: bytes) -> None:
+            self.sizes.append(len(data))
+            super().dataReceived(data)
+
+    base: Any = type(accepted(reactor, Recorder())[0])
+
+    class Sized(base):  # type: ignore[misc, valid-type]
+        bufferSize = Size()
+
+    proto = Chunks()
+    transport, peer = accepted(reactor, proto, Sized)
+    peer.sendall(b"x" * 12)
+    run_until(reactor, lambda: len(proto.received) == 12, "12 bytes read")
+    Size.__get__ = lambda self, obj, owner=None: 5  # type: ignore[attr-defined]
+    assert transport.bufferSize == 5  # type: ignore[union-attr]
+    proto.sizes.clear()
+    peer.sendall(b"y" * 20)
+    run_until(reactor, lambda: len(proto.received) == 32, "20 more bytes read")
+    assert max(proto.sizes) == 5, proto.sizes
+    peer.close()
+    run_until(reactor, lambda: proto.lost is not None, "the connection lost")

@@ -14,8 +14,9 @@
 //!   keeps its facts): for each name, what the class's MRO holds, and
 //!   whether the name is *plain*: the class keeps object's
 //!   `__getattribute__` and what it holds under the name (if anything) is
-//!   not a descriptor. Only then is the instance dictionary the whole
-//!   answer.
+//!   not a descriptor, of a type that cannot be modified into one (the
+//!   class's tag does not cover the type of its attributes). Only then is
+//!   the instance dictionary the whole answer.
 //! - A plain name is looked up in the instance dictionary (what
 //!   `PyObject_GenericGetDict` returns, the one attribute lookup reads),
 //!   then taken from the class. Anything else, and a name found nowhere
@@ -33,7 +34,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 
 use crate::selectable::version_tag;
 use crate::time::lock;
@@ -171,6 +172,14 @@ fn has_dict_slot(obj: &Bound<'_, PyAny>) -> bool {
     unsafe { (*ptr).tp_dictoffset != 0 || (*ptr).tp_flags & ffi::Py_TPFLAGS_MANAGED_DICT != 0 }
 }
 
+/// Whether `class` cannot be modified (`Py_TPFLAGS_IMMUTABLETYPE`: the
+/// builtin types, and extension types that ask for it).
+fn is_immutable(class: &Bound<'_, PyType>) -> bool {
+    let ptr = class.as_type_ptr();
+    // SAFETY: a live type object, GIL held; a plain field is read.
+    unsafe { (*ptr).tp_flags & ffi::Py_TPFLAGS_IMMUTABLETYPE != 0 }
+}
+
 /// The class state of `obj`'s class, from the cache when its tag matches;
 /// `None` when the class has no valid tag or cannot be read.
 fn class_state(obj: &Bound<'_, PyAny>) -> Option<Arc<ClassState>> {
@@ -239,9 +248,16 @@ fn compute(obj: &Bound<'_, PyAny>) -> PyResult<ClassState> {
         plain[i] = generic
             && match &found {
                 None => true,
+                // Whether the value is a descriptor is a fact of its type,
+                // which the class's version tag does not cover: only a type
+                // that cannot be modified (int, bool, None, str, ...) is
+                // known to stay what it is now.
                 Some(v) => {
                     let t = v.get_type();
-                    !(t.hasattr("__get__")? || t.hasattr("__set__")? || t.hasattr("__delete__")?)
+                    is_immutable(&t)
+                        && !(t.hasattr("__get__")?
+                            || t.hasattr("__set__")?
+                            || t.hasattr("__delete__")?)
                 }
             };
         value[i] = found.map(Bound::unbind);
