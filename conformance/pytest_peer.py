@@ -24,7 +24,9 @@ C{{"outcome", "seconds", "only_asyncio"}}, where the outcome is one of
 L{conformance.run_full.OUTCOMES}' words (C{pass}, C{fail}, C{error}, C{skip},
 C{xfail}, C{xpass}; a test whose teardown also failed is C{error+fail}),
 seconds are its setup, call and teardown together, and C{only_asyncio} says
-whether it carries Scrapy's C{only_asyncio} marker; C{reactors}, the
+whether it carries Scrapy's C{only_asyncio} marker (a module or class
+that skipped or failed to collect as a whole is one entry, C{skip} or
+C{error}); C{reactors}, the
 installed reactor's class in each process at its end (C{module.Class}), and
 C{skips}, the reason of each skip. Under xdist the controller writes it from
 the reports its workers send.
@@ -137,6 +139,18 @@ class Report:
                 reason = reason[2]
             self.skips[report.nodeid] = str(reason)
 
+    def add_collected(self, report: pytest.CollectReport) -> None:
+        """A module (or class) that skipped or failed as a whole."""
+        entry = self.tests.setdefault(
+            report.nodeid, {"outcomes": [], "seconds": 0.0, "only_asyncio": False}
+        )
+        entry["outcomes"].append("skip" if report.skipped else "error")
+        if report.skipped:
+            reason = report.longrepr
+            if isinstance(reason, tuple):
+                reason = reason[2]
+            self.skips[report.nodeid] = str(reason)
+
     def write(self) -> None:
         tests = {
             test_id: {
@@ -179,6 +193,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _report.add(report)
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if _report is not None and not report.passed:
+        _report.add_collected(report)
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist: a worker is done; keep the reactor it had at its end."""
     if _report is not None:

@@ -4,7 +4,8 @@ Twisted's asyncio reactor, on that reactor and on ours side by side, and
 compare them by test id.
 
     python -m conformance.run_asyncio_peers [--only SUITE] [--jobs N]
-                                            [--timeout S] [--from-logs]
+                                            [--timeout S]
+                                            [--from-logs [--rerun-slow]]
 
 Suites (SUITE; C{--only} may be repeated):
 
@@ -335,6 +336,10 @@ def load(log: Path, report: Path, elapsed: float, fallback: str) -> Result:
         if log.exists()
         else []
     )
+    if not elapsed and lines:
+        # From logs: pytest's own count of the run's seconds.
+        m = re.search(r" in ([\d.]+)s\b", lines[-1])
+        elapsed = float(m[1]) if m else 0.0
     return Result(
         outcomes={t: e["outcome"] for t, e in tests.items()},
         durations={t: e["seconds"] for t, e in tests.items()},
@@ -498,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="compare the reports of the last run instead of running again",
     )
+    parser.add_argument(
+        "--rerun-slow",
+        action="store_true",
+        help="with --from-logs: rerun the tests slower on rust to confirm them",
+    )
     args = parser.parse_args(argv)
     names = list(dict.fromkeys(args.only or SUITES))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -511,6 +521,14 @@ def main(argv: list[str] | None = None) -> int:
                 log, report = paths(SUITES[name], reactor)
                 if report.exists():
                     results[name][reactor] = load(log, report, 0.0, "from log")
+        if args.rerun_slow:
+            ensure_venv()
+            for name in names:
+                if len(results[name]) == len(REACTORS):
+                    source = prepare(SUITES[name].sdist)
+                    slow[name] = confirm_slow(
+                        SUITES[name], results[name], source, args.timeout
+                    )
     else:
         ensure_venv()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
