@@ -22,7 +22,8 @@ C{--peer-reactor}:
 C{--peer-report} writes a JSON object: C{tests}, test id (pytest's node id) ->
 C{{"outcome", "seconds", "only_asyncio"}}, where the outcome is one of
 L{conformance.run_full.OUTCOMES}' words (C{pass}, C{fail}, C{error}, C{skip},
-C{xfail}, C{xpass}; a test whose teardown also failed is C{error+fail}),
+C{xfail}, C{xpass}; a test whose teardown also failed is C{error+fail}; a
+failed subtest fails its test),
 seconds are its setup, call and teardown together, and C{only_asyncio} says
 whether it carries Scrapy's C{only_asyncio} marker (a module or class
 that skipped or failed to collect as a whole is one entry, C{skip} or
@@ -123,10 +124,25 @@ class Report:
         self.skips: dict[str, str] = {}
         self.reactors: list[str | None] = []
 
-    def add(self, report: pytest.TestReport) -> None:
-        entry = self.tests.setdefault(
-            report.nodeid, {"outcomes": [], "seconds": 0.0, "only_asyncio": False}
+    def _entry(self, nodeid: str) -> dict[str, Any]:
+        return self.tests.setdefault(
+            nodeid,
+            {
+                "outcomes": [],
+                "seconds": 0.0,
+                "only_asyncio": False,
+                "subtest_failed": False,
+            },
         )
+
+    def add(self, report: pytest.TestReport) -> None:
+        entry = self._entry(report.nodeid)
+        if getattr(report, "context", None) is not None:
+            # A subtest (pytest's subtests): inside the test's own call,
+            # whose report follows; it only makes that outcome a failure.
+            if report.failed:
+                entry["subtest_failed"] = True
+            return
         entry["seconds"] += report.duration
         if "only_asyncio" in report.keywords:
             entry["only_asyncio"] = True
@@ -141,9 +157,7 @@ class Report:
 
     def add_collected(self, report: pytest.CollectReport) -> None:
         """A module (or class) that skipped or failed as a whole."""
-        entry = self.tests.setdefault(
-            report.nodeid, {"outcomes": [], "seconds": 0.0, "only_asyncio": False}
-        )
+        entry = self._entry(report.nodeid)
         entry["outcomes"].append("skip" if report.skipped else "error")
         if report.skipped:
             reason = report.longrepr
@@ -154,8 +168,7 @@ class Report:
     def write(self) -> None:
         tests = {
             test_id: {
-                # No phase said anything: the run ended inside the test.
-                "outcome": "+".join(sorted(e["outcomes"])) or "error",
+                "outcome": _joined(e["outcomes"], e["subtest_failed"]),
                 "seconds": round(e["seconds"], 6),
                 "only_asyncio": e["only_asyncio"],
             }
@@ -164,6 +177,14 @@ class Report:
         data = {"tests": tests, "skips": self.skips, "reactors": self.reactors}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _joined(outcomes: list[str], subtest_failed: bool) -> str:
+    if subtest_failed:
+        # The test's own call passed around a failed subtest: a failure.
+        outcomes = [o for o in outcomes if o != "pass"] + ["fail"]
+    # No phase said anything: the run ended inside the test.
+    return "+".join(sorted(outcomes)) or "error"
 
 
 def _outcome(report: pytest.TestReport) -> str | None:

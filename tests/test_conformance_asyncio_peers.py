@@ -26,7 +26,7 @@ from conformance.pytest_peer import REACTOR_ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 SUITE = """
-import os, sys
+import os, sys, unittest
 import pytest
 
 @pytest.fixture
@@ -64,6 +64,17 @@ def test_fail_and_teardown_error(breaks_after):
 @pytest.mark.only_asyncio
 def test_marked():
     pass
+
+class T(unittest.TestCase):
+    def test_subtests_pass(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                pass
+
+    def test_a_subtest_fails(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                assert i != 1
 
 def test_reactor():
     reactor = sys.modules.get("twisted.internet.reactor")
@@ -105,7 +116,7 @@ def run_suite(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
 def test_the_report_has_one_outcome_per_test(tmp_path: Path) -> None:
     data, _ = run_suite(tmp_path)
     outcomes = {
-        test_id.split("::")[1]: e["outcome"] for test_id, e in data["tests"].items()
+        test_id.split("::", 1)[1]: e["outcome"] for test_id, e in data["tests"].items()
     }
     assert outcomes == {
         "test_pass": "pass",
@@ -117,6 +128,9 @@ def test_the_report_has_one_outcome_per_test(tmp_path: Path) -> None:
         "test_fail_and_teardown_error": "error+fail",
         "test_marked": "pass",
         "test_reactor": "pass",
+        # One entry per test, whatever its subtests; a failed one fails it.
+        "T::test_subtests_pass": "pass",
+        "T::test_a_subtest_fails": "fail",
     }
     marked = {t.split("::")[1] for t, e in data["tests"].items() if e["only_asyncio"]}
     assert marked == {"test_marked"}
