@@ -36,7 +36,9 @@ Daphne's own checks for the asyncio reactor against ours.
 Everything runs in C{.venv-peers}, made from C{requirements-peers.txt} (the
 peers, their test dependencies, pinned) plus the Twisted pin of
 C{requirements-dev.txt}, when it is missing or either changed; never in
-C{.venv}, whose tests would see pytest-twisted and pytest-asyncio.
+C{.venv}, whose tests would see pytest-twisted and pytest-asyncio. Scrapy's
+proxy tests run mitmproxy's C{mitmdump} (C{MITMDUMP}) from a virtualenv of
+its own, C{_peers/mitmproxy-venv} (C{requirements-mitmproxy.txt}).
 twisted_shim comes from the tree (C{PYTHONPATH}; C{make build} builds it).
 The suites run from their sdists, as in L{conformance.run_peers}: downloaded
 into C{_peers/sdists/}, extracted afresh into C{_peers/src/}, patched where
@@ -95,7 +97,10 @@ VENV = ROOT / ".venv-peers"
 PYTHON = VENV / "bin" / "python"
 REQUIREMENTS = ROOT / "requirements-peers.txt"
 DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
-STAMP = VENV / ".requirements-sha256"
+#: Where Scrapy's proxy tests find mitmdump (see requirements-mitmproxy.txt).
+MITM_VENV = ROOT / "_peers" / "mitmproxy-venv"
+MITM_REQUIREMENTS = ROOT / "requirements-mitmproxy.txt"
+MITMDUMP = MITM_VENV / "bin" / "mitmdump"
 EXPECTED = HERE / "expected_asyncio_peers.txt"
 
 REFERENCE = "asyncio"
@@ -213,23 +218,31 @@ SUITES: dict[str, Suite] = {
 # --- the virtualenv -----------------------------------------------------------
 
 
-def _digest() -> str:
-    text = REQUIREMENTS.read_text() + "\n" + twisted_requirement()
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def ensure_venv() -> None:
-    """Make or refresh .venv-peers (see the module docstring)."""
-    digest = _digest()
-    if PYTHON.exists() and STAMP.exists() and STAMP.read_text().strip() == digest:
+def ensure_venv(venv: Path, requirements: Path, *more: str) -> None:
+    """
+    Make or refresh C{venv} from C{requirements} and the requirement
+    specifiers C{more}, when it is missing or they changed.
+    """
+    python = venv / "bin" / "python"
+    stamp = venv / ".requirements-sha256"
+    text = "\n".join([requirements.read_text(), *more])
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return
-    print(f"setting up {VENV.name} from {REQUIREMENTS.name} ...", flush=True)
-    if not PYTHON.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    print(f"setting up {venv.relative_to(ROOT)} from {requirements.name} ...")
+    sys.stdout.flush()
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-r", str(REQUIREMENTS), twisted_requirement()], check=True)
-    STAMP.write_text(digest + "\n")
+    subprocess.run([*pip, "-r", str(requirements), *more], check=True)
+    stamp.write_text(digest + "\n")
+
+
+def ensure_venvs() -> None:
+    """.venv-peers (with Twisted at the project's pin), and mitmproxy's."""
+    ensure_venv(VENV, REQUIREMENTS, twisted_requirement())
+    ensure_venv(MITM_VENV, MITM_REQUIREMENTS)
 
 
 # --- running ------------------------------------------------------------------
@@ -295,6 +308,7 @@ def run(
         p for p in (str(source), str(ROOT), env.get("PYTHONPATH", "")) if p
     )
     env.pop("TWISTED_SHIM_PEER_REACTOR", None)
+    env["MITMDUMP"] = str(MITMDUMP)
     start = time.monotonic()
     summary = ""
     with log.open("w") as out:
@@ -522,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                 if report.exists():
                     results[name][reactor] = load(log, report, 0.0, "from log")
         if args.rerun_slow:
-            ensure_venv()
+            ensure_venvs()
             for name in names:
                 if len(results[name]) == len(REACTORS):
                     source = prepare(SUITES[name].sdist)
@@ -530,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                         SUITES[name], results[name], source, args.timeout
                     )
     else:
-        ensure_venv()
+        ensure_venvs()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         print("Scrapy's and Daphne's checks for the asyncio reactor, on ours:")
         proc = subprocess.run(
