@@ -79,9 +79,14 @@ conformance-asyncio: build ## CPython's test_asyncio on the default loop and our
 conformance-full: build ## the whole Twisted suite on both (about ten minutes)
 	$(BIN)/python -m conformance.run_full
 
-# The suites treq, twisted.web, twisted.names, txpostgres and test_adbapi ship.
-conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgres, test_adbapi, txredisapi
-	$(BIN)/python -m conformance.run_peers
+# The suites treq, twisted.web, twisted.names, txpostgres and test_adbapi ship
+# (on rust and epoll), then Scrapy's and Daphne's (on rust and Twisted's
+# asyncio reactor, in .venv-peers; about 25 minutes). Both run; either
+# failing fails the target.
+conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgres, test_adbapi, txredisapi; Scrapy, Daphne
+	$(BIN)/python -m conformance.run_peers; a=$$?; \
+	$(BIN)/python -m conformance.run_asyncio_peers; b=$$?; \
+	exit $$(( a || b ))
 
 bench: build ## reactor benchmarks, benchmarks/latency.py, then transport_bench.py
 	$(BIN)/python benchmarks/reactor_bench.py

@@ -14,6 +14,10 @@ against its median on epoll. A stall (a wait that sleeps over due work) is
 in every run and stays; noise is not. Tests seen slow once but not confirmed
 are printed too, as information.
 
+Epoll is the reference reactor for the Twisted suites; a runner comparing
+with another one (C{run_asyncio_peers}: Twisted's asyncio reactor) names it
+with C{reference=}, and the same bounds hold against it.
+
 Tests that are slow for a reason we accept are listed in
 C{conformance/expected_slow.txt}, one per line::
 
@@ -50,7 +54,10 @@ _RESULT = re.compile(r"^(?P<id>\S+) \.\.\. ")
 
 @dataclass(frozen=True)
 class Slow:
-    """A test slower on rust than on epoll, with both durations (seconds)."""
+    """
+    A test slower on rust than on epoll (or the runner's reference reactor),
+    with both durations (seconds).
+    """
 
     test_id: str
     rust: float
@@ -60,11 +67,11 @@ class Slow:
     def ratio(self) -> float:
         return self.rust / self.epoll if self.epoll > 0 else float("inf")
 
-    def line(self) -> str:
+    def line(self, reference: str = "epoll") -> str:
         ratio = "inf" if self.epoll <= 0 else f"{self.ratio:.1f}x"
         return (
             f"  {self.test_id}: rust {self.rust * 1000:.0f} ms, "
-            f"epoll {self.epoll * 1000:.0f} ms ({ratio})"
+            f"{reference} {self.epoll * 1000:.0f} ms ({ratio})"
         )
 
 
@@ -93,6 +100,7 @@ def durations(log: str) -> dict[str, float]:
 def ran_on_both(
     durations: Mapping[str, Mapping[str, float]],
     outcomes: Mapping[str, Mapping[str, str]],
+    reference: str = "epoll",
 ) -> dict[str, dict[str, float]]:
     """
     The durations of the tests that ran on both reactors: a skip takes no
@@ -102,7 +110,7 @@ def ran_on_both(
         test_id
         for test_id, outcome in outcomes.get("rust", {}).items()
         if "skip" not in outcome
-        and "skip" not in outcomes.get("epoll", {}).get(test_id, "skip")
+        and "skip" not in outcomes.get(reference, {}).get(test_id, "skip")
     }
     return {
         reactor: {t: secs for t, secs in per_test.items() if t in both}
@@ -127,11 +135,13 @@ def find_slow(rust: Mapping[str, float], epoll: Mapping[str, float]) -> list[Slo
 Rerun = Callable[[str, list[str]], Mapping[str, float]]
 
 
-def confirm(slow: list[Slow], rerun: Rerun) -> tuple[list[Slow], list[Slow]]:
+def confirm(
+    slow: list[Slow], rerun: Rerun, reference: str = "epoll"
+) -> tuple[list[Slow], list[Slow]]:
     """
     Run the tests in C{slow} again, L{CONFIRM_RUNS} times on each reactor
-    (C{rerun(reactor, test_ids)} returns their durations), epoll and rust
-    alternately.
+    (C{rerun(reactor, test_ids)} returns their durations), the reference
+    (epoll) and rust alternately.
 
     @return: the tests still slow (their fastest time on rust against their
         median on epoll), and those that were not (as first measured).
@@ -139,14 +149,14 @@ def confirm(slow: list[Slow], rerun: Rerun) -> tuple[list[Slow], list[Slow]]:
     if not slow:
         return [], []
     ids = [s.test_id for s in slow]
-    seen: dict[str, dict[str, list[float]]] = {"rust": {}, "epoll": {}}
+    seen: dict[str, dict[str, list[float]]] = {"rust": {}, reference: {}}
     for _ in range(CONFIRM_RUNS):
-        for reactor in ("epoll", "rust"):
+        for reactor in (reference, "rust"):
             for test_id, secs in rerun(reactor, ids).items():
                 seen[reactor].setdefault(test_id, []).append(secs)
     confirmed, noise = [], []
     for s in slow:
-        r, e = seen["rust"].get(s.test_id), seen["epoll"].get(s.test_id)
+        r, e = seen["rust"].get(s.test_id), seen[reference].get(s.test_id)
         if not r or not e:
             # It did not run alone (a rerun cannot select it): keep the
             # reading we have rather than call it noise.
@@ -170,13 +180,15 @@ def load_expected_slow(path: Path = EXPECTED_SLOW) -> dict[str, str]:
     }
 
 
-def wall_table(rows: Iterable[tuple[str, float, float]]) -> None:
+def wall_table(
+    rows: Iterable[tuple[str, float, float]], reference: str = "epoll"
+) -> None:
     """Print each suite's wall time on both reactors side by side."""
     rows = list(rows)
     if not rows:
         return
     width = max(12, *(len(name) for name, _, _ in rows))
-    print(f"{'time':<{width}} | {'rust':>9} | {'epoll':>9} | rust/epoll")
+    print(f"{'time':<{width}} | {'rust':>9} | {reference:>9} | rust/{reference}")
     for name, rust, epoll in rows:
         ratio = f"{rust / epoll:.2f}" if epoll > 0 else "-"
         print(f"{name:<{width}} | {rust:>8.2f}s | {epoll:>8.2f}s | {ratio:>10}")
@@ -188,6 +200,7 @@ def report(
     expected: Mapping[str, str],
     where: str = "",
     noise: Iterable[Slow] = (),
+    reference: str = "epoll",
 ) -> list[str]:
     """
     Print the slow tests, expected or not, and those seen slow once but not
@@ -201,24 +214,24 @@ def report(
     if not slow:
         print(
             f"No test slower on rust{label}: none took >= {SLOW_FLOOR * 1000:.0f} ms"
-            f" and >= {SLOW_RATIO}x its time on epoll"
+            f" and >= {SLOW_RATIO}x its time on {reference}"
             + (" in every rerun." if noise else ".")
         )
     if known:
         print(f"Slower on rust, expected{label} (conformance/expected_slow.txt):")
         for s in known:
-            print(s.line() + f"  [{expected[s.test_id]}]")
+            print(s.line(reference) + f"  [{expected[s.test_id]}]")
     if unexpected:
         print(
             f"Slower on rust{label}: >= {SLOW_FLOOR * 1000:.0f} ms and "
-            f">= {SLOW_RATIO}x epoll in all {CONFIRM_RUNS} reruns"
-            " (fastest on rust, median on epoll):"
+            f">= {SLOW_RATIO}x {reference} in all {CONFIRM_RUNS} reruns"
+            f" (fastest on rust, median on {reference}):"
         )
         for s in unexpected:
-            print(s.line())
+            print(s.line(reference))
     if noise:
         print(f"Seen slower once{label}, not in {CONFIRM_RUNS} reruns (noise):")
         for s in noise:
-            print(s.line())
+            print(s.line(reference))
     print()
     return [s.test_id for s in unexpected]

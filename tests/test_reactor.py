@@ -8,6 +8,7 @@ process); installation paths run in a child process.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -18,11 +19,14 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from twisted.internet import error, interfaces
+from twisted.internet import error, interfaces, posixbase
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
+from twisted_shim import aio
 from twisted_shim.reactor import RustReactor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +206,92 @@ def test_twist_web_on_rust() -> None:
     assert proc.returncode == -signal.SIGTERM, out
     assert "Received SIGTERM, shutting down." in out
     assert "Main loop terminated." in out
+
+
+# --- recognised as Twisted's asyncio reactor -----------------------------------
+
+
+def test_is_an_asyncio_reactor(reactor: RustReactor) -> None:
+    """What code that wants Twisted's asyncio reactor checks: isinstance
+    (Daphne, Scrapy's is_asyncio_reactor_installed) and class equality
+    (Scrapy's verify_installed_reactor)."""
+    assert isinstance(reactor, AsyncioSelectorReactor)
+    cls = type(reactor)
+    assert cls == AsyncioSelectorReactor
+    assert AsyncioSelectorReactor == cls
+    assert not cls != AsyncioSelectorReactor
+    assert cls == RustReactor
+    assert cls != EPollReactor
+    assert cls is not AsyncioSelectorReactor
+    # Still two classes as keys: the hash is the identity hash.
+    assert len({RustReactor, AsyncioSelectorReactor}) == 2
+    assert {AsyncioSelectorReactor: 1}.get(RustReactor) is None
+
+
+def test_asyncioEventloop_is_the_face(reactor: RustReactor) -> None:
+    face = reactor._asyncioEventloop
+    assert face is aio.loop_of(reactor)
+    assert isinstance(face, aio.RustEventLoop)
+    assert face._rloop is reactor._loop
+    face.close()
+    again = reactor._asyncioEventloop
+    assert again is not face and not again.is_closed()
+    assert again._rloop is reactor._loop
+
+
+def test_making_a_reactor_makes_no_asyncio_loop() -> None:
+    """AsyncioSelectorReactor.__init__ (an asyncio selector loop, set as the
+    thread's loop) does not run; the face waits for its first use."""
+    r = RustReactor()
+    assert r._asyncioFace is None
+    assert "_asyncioEventloop" not in vars(r)
+
+
+def test_no_attribute_is_the_asyncio_reactors() -> None:
+    """
+    Every name AsyncioSelectorReactor defines resolves on RustReactor to our
+    own method, or to PosixReactorBase's (what it resolved to before
+    AsyncioSelectorReactor was a base), or to nothing: none of its code runs
+    on our reactor.
+    """
+    bookkeeping = {"__module__", "__doc__", "__implemented__", "__provides__"}
+    for name, theirs in vars(AsyncioSelectorReactor).items():
+        if name in bookkeeping:
+            continue
+        ours = inspect.getattr_static(RustReactor, name)
+        assert ours is not theirs, name
+        if hasattr(posixbase.PosixReactorBase, name):
+            own = getattr(ours, "__qualname__", "").startswith("RustReactor.")
+            base = inspect.getattr_static(posixbase.PosixReactorBase, name)
+            assert own or ours is base, name
+        else:
+            assert not hasattr(RustReactor(), name), name
+
+
+def test_install_makes_the_face_the_event_loop() -> None:
+    """twisted_shim.install(), then what Daphne's server module checks before
+    deciding to keep the installed reactor, and the loop asyncio code gets
+    before and while the reactor runs."""
+    result = python(
+        """
+        import asyncio, sys
+        import twisted_shim
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+        r = twisted_shim.install()
+        installed = sys.modules["twisted.internet.reactor"]
+        assert installed is r and isinstance(installed, AsyncioSelectorReactor)
+        assert asyncio.get_event_loop() is r._asyncioEventloop
+        seen = []
+        def running():
+            seen.append(asyncio.get_running_loop() is r._asyncioEventloop)
+            r.stop()
+        r.callWhenRunning(running)
+        r.run()
+        print(seen)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[True]"
 
 
 # --- the core loop ------------------------------------------------------------

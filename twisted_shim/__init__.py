@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 def install() -> RustReactor:
     """
-    Install the Rust reactor as C{twisted.internet.reactor} and return it.
+    Install the Rust reactor as C{twisted.internet.reactor} and return it;
+    its asyncio face becomes this thread's current event loop (see
+    L{twisted_shim.reactor.install}).
 
     @raise twisted.internet.error.ReactorAlreadyInstalledError: if a reactor
         is installed already.

@@ -12,10 +12,24 @@ reads and writes in Rust (L{twisted_shim.tcp}, L{twisted_shim.unix}).
 
 Install it with L{install}, C{installReactor("rust")}, C{trial --reactor=rust}
 or C{twist --reactor=rust}.
+
+Every L{RustReactor} is also an asyncio reactor: its loop has an asyncio face
+(L{twisted_shim.aio}), so the class is a subclass of Twisted's
+L{AsyncioSelectorReactor} and code that looks for that reactor finds ours:
+C{isinstance(reactor, AsyncioSelectorReactor)} (Daphne, Scrapy's
+C{is_asyncio_reactor_installed}), C{type(reactor) == AsyncioSelectorReactor}
+(Scrapy's C{verify_installed_reactor}, through L{_AsyncioReactorType}) and
+C{reactor._asyncioEventloop} (the face, L{twisted_shim.aio.loop_of}). None of
+AsyncioSelectorReactor's code runs on ours: its C{__init__} (which would make
+an asyncio selector loop) is skipped, and every name it defines resolves on
+L{RustReactor} to what it would without that base (ours, else
+C{PosixReactorBase}'s; L{_without_asyncio_reactor}).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -24,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import error, posixbase
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorFDSet,
@@ -77,10 +92,38 @@ class _LoopWaker:
         pass
 
 
-@implementer(IReactorFDSet)
-class RustReactor(posixbase.PosixReactorBase):
+class _AsyncioReactorType(type):
     """
-    A Twisted reactor whose event loop is L{twisted_shim._core.Loop}.
+    The metaclass of L{RustReactor}: the class compares equal to
+    L{AsyncioSelectorReactor} as well as to itself.
+
+    Code that wants Twisted's asyncio reactor may check the installed one's
+    class by equality rather than with C{isinstance}: Scrapy's
+    C{verify_installed_reactor(path)} is C{type(reactor) == load_object(path)},
+    and Scrapy's default C{TWISTED_REACTOR} (and C{AsyncCrawlerProcess},
+    always) names C{AsyncioSelectorReactor}. Our reactor is one, with the
+    asyncio loop on its own Rust loop, so it answers to that name too. C{==}
+    is symmetric, so C{AsyncioSelectorReactor == RustReactor} holds as well.
+
+    Only C{==} and C{!=} change: the hash stays the identity hash (a dict or
+    set holds the two classes as two keys, and never compares them), and
+    C{is}, C{isinstance} and C{issubclass} are Python's.
+    """
+
+    def __eq__(cls, other: object) -> bool:
+        if cls is other or other is AsyncioSelectorReactor:
+            return True
+        return NotImplemented
+
+    __hash__ = type.__hash__
+
+
+@implementer(IReactorFDSet)
+class RustReactor(AsyncioSelectorReactor, metaclass=_AsyncioReactorType):
+    """
+    A Twisted reactor whose event loop is L{twisted_shim._core.Loop}; an
+    L{AsyncioSelectorReactor} whose asyncio loop is that loop's face (see the
+    module's docstring).
 
     @ivar _loop: The Rust loop. It holds every registered descriptor (a
         selectable is in C{getReaders()} exactly when the loop watches its
@@ -94,6 +137,8 @@ class RustReactor(posixbase.PosixReactorBase):
     @ivar _asyncioFace: The L{twisted_shim.aio.RustEventLoop} on this
         reactor's loop (L{twisted_shim.aio.loop_of}), made on first use: the
         running asyncio loop while C{mainLoop} runs.
+    @ivar _asyncioEventloop: The same face, under the name
+        L{AsyncioSelectorReactor} gives its loop (Scrapy and Daphne read it).
     """
 
     _asyncioFace: _aio.RustEventLoop | None = None
@@ -115,7 +160,13 @@ class RustReactor(posixbase.PosixReactorBase):
         #: Whether TCP and UNIX connections use twisted_shim.tcp's and
         #: twisted_shim.unix's transports.
         self._native_streams = native_streams()
+        # Not AsyncioSelectorReactor.__init__: there is no asyncio selector
+        # loop to make; the face is made on first use.
         posixbase.PosixReactorBase.__init__(self)
+
+    @property
+    def _asyncioEventloop(self) -> _aio.RustEventLoop:
+        return _aio.loop_of(self)
 
     # IReactorTime
 
@@ -340,9 +391,64 @@ class RustReactor(posixbase.PosixReactorBase):
         return self._loop.writers() + self._continuousPolling.getWriters()
 
 
+class _NotOurs:
+    """
+    What a name stands for on L{RustReactor} when only
+    L{AsyncioSelectorReactor} defines it (its own machinery: C{_onTimer},
+    C{_readOrWrite}, ...): nothing. Reading it raises C{AttributeError}, as
+    on a reactor without that base.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        raise AttributeError(
+            f"{self._name!r} is AsyncioSelectorReactor's own; RustReactor has none"
+        )
+
+
+#: What AsyncioSelectorReactor's class dictionary holds that is not an
+#: attribute of the reactor: the class's own module and docstring, and
+#: zope.interface's declarations (RustReactor has its own).
+_CLASS_BOOKKEEPING = frozenset(
+    {"__module__", "__doc__", "__dict__", "__weakref__"}
+    | {"__implemented__", "__provides__", "__providedBy__"}
+)
+
+
+def _without_asyncio_reactor(cls: type) -> None:
+    """
+    Make every name L{AsyncioSelectorReactor} defines resolve on C{cls} as
+    if C{cls} did not have it as a base: to C{cls}'s own attribute, else to
+    C{PosixReactorBase}'s, else to nothing (L{_NotOurs}). So no attribute of
+    our reactor is AsyncioSelectorReactor's (its C{callLater}, C{stop},
+    C{crash}, C{_moveCallLaterSooner}, ... schedule on an asyncio loop), and
+    nothing resolves differently from before it was a base. (A method of
+    C{RustReactor} that wants the base's version of one of these names calls
+    C{posixbase.PosixReactorBase}'s by name: C{super()} would find
+    AsyncioSelectorReactor's.)
+    """
+    for name in vars(AsyncioSelectorReactor):
+        if name in _CLASS_BOOKKEEPING or name in vars(cls):
+            continue
+        try:
+            value = inspect.getattr_static(posixbase.PosixReactorBase, name)
+        except AttributeError:
+            value = _NotOurs(name)
+        setattr(cls, name, value)
+
+
+_without_asyncio_reactor(RustReactor)
+
+
 def install() -> RustReactor:
     """
-    Install a L{RustReactor} as C{twisted.internet.reactor}.
+    Install a L{RustReactor} as C{twisted.internet.reactor}, and make its
+    asyncio face the current event loop of this thread
+    (C{asyncio.set_event_loop}), as Twisted's C{asyncioreactor.install()}
+    does with its loop: C{asyncio.get_event_loop()} before the reactor runs
+    is the loop it will run.
 
     @raise twisted.internet.error.ReactorAlreadyInstalledError: if a reactor
         is installed already.
@@ -351,4 +457,5 @@ def install() -> RustReactor:
     from twisted.internet.main import installReactor
 
     installReactor(reactor)
+    asyncio.set_event_loop(_aio.loop_of(reactor))
     return reactor
