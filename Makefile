@@ -83,10 +83,11 @@ conformance-full: build ## the whole Twisted suite on both (about ten minutes)
 conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgres, test_adbapi, txredisapi
 	$(BIN)/python -m conformance.run_peers
 
-bench: build ## reactor benchmarks, benchmarks/latency.py, then transport_bench.py
+bench: build ## reactor benchmarks, latency.py, transport_bench.py, then aio_bench.py
 	$(BIN)/python benchmarks/reactor_bench.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/transport_bench.py
+	$(BIN)/python benchmarks/aio_bench.py
 
 # WSGI servers side by side (installs the peers into .venv-bench).
 bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)
