@@ -52,8 +52,10 @@ Who drives the loop:
 
 What is Rust now: C{call_soon}, C{call_soon_threadsafe}, C{call_later} and
 C{call_at} outside debug mode (C{src/aio/handle.rs} makes the handles:
-instances of CPython's own C{Handle} and C{TimerHandle} classes, filled in
-Rust), the ready queue and its pass (debug mode aside), the timer heap, the
+instances of CPython's own C{Handle} and C{TimerHandle} classes, their
+slots written in Rust; a queued handle is out of the cycle collector's
+lists until it leaves the queue, C{src/aio/ready.rs}), the ready queue and
+its pass (handles run as C{Handle._run} does; debug mode aside), the timer heap, the
 FD set, asyncio's readiness dispatch, the wait and the wake-up. What is
 CPython's (the classes below subclass C{asyncio.SelectorEventLoop}): the
 handle classes themselves (their C{cancel}, C{_run}, reprs; a Rust handle
