@@ -911,3 +911,28 @@ def test_queued_handles_leave_the_collector_and_come_back(
     cleared = loop.call_soon(print)
     loop.close()
     assert gc.is_tracked(cleared) and gc.is_tracked(cleared._context)
+
+
+def test_a_pending_timer_is_out_of_the_collector_and_a_fired_one_no_cycle(
+    loop: aio.RustEventLoop,
+) -> None:
+    # The heap holds an asyncio timer, its context and its timed call out of
+    # the collector's lists; once fired, the timed call lets go of the timer
+    # (which refers to it), so the timer is freed without the collector.
+    import gc
+    import weakref
+
+    timer = loop.call_later(0, int)
+    assert not gc.is_tracked(timer) and not gc.is_tracked(timer._call)
+    assert not gc.is_tracked(timer._context)
+    ref = weakref.ref(timer)
+    gc.disable()
+    try:
+        del timer
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert ref() is None
+    finally:
+        gc.enable()
+    pending = loop.call_later(10, print)
+    pending.cancel()
+    assert gc.is_tracked(pending) and gc.is_tracked(pending._context)

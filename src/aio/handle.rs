@@ -145,6 +145,10 @@ struct Classes {
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
 
+/// The timer class of the first face bound (`twisted_shim.aio`'s
+/// `_TimerHandle`): known to be a `Handle` without asking its MRO.
+static FACE_TIMER: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
 /// `twisted_shim.aio._callback_failed(handle, exc)`: what `Handle._run` does
 /// with an exception (imported on the first one).
 static CALLBACK_FAILED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -205,6 +209,7 @@ impl Face {
             )));
         }
         let timer_call = Slot::of(cls, "_call")?;
+        let _ = FACE_TIMER.get_or_init(py, || timer_class.clone_ref(py));
         Ok(Face {
             face,
             timer_class,
@@ -311,7 +316,7 @@ pub fn context_of<'py>(py: Python<'py>, handle: &Bound<'py, PyAny>) -> Option<Bo
 
 /// A new `_TimerHandle(when, callback, args, face, context)` with its
 /// `_scheduled` set and its `_call` not yet (the caller sets it with
-/// [`Face::timer_call`]).
+/// [`Face::timer_call`]), and whether its context is a copy made for it.
 pub fn timer<'py>(
     py: Python<'py>,
     face: &Face,
@@ -319,10 +324,10 @@ pub fn timer<'py>(
     callback: Py<PyAny>,
     args: Py<PyTuple>,
     context: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<(Bound<'py, PyAny>, bool)> {
     let c = classes(py)?;
     let obj = allocate(py, face.timer_class.bind(py))?;
-    fill(py, &obj, face.face.bind(py), callback, args, context)?;
+    let copied = fill(py, &obj, face.face.bind(py), callback, args, context)?;
     // SAFETY: a new float reference, or NULL with an exception set.
     let when = unsafe { ffi::PyFloat_FromDouble(when) };
     if when.is_null() {
@@ -335,7 +340,7 @@ pub fn timer<'py>(
         c.scheduled
             .set(obj.as_ptr(), ffi::Py_NewRef(ffi::Py_True()));
     }
-    Ok(obj)
+    Ok((obj, copied))
 }
 
 /// Whether `obj`'s type is `Handle` or a subclass, so its slots can be read
@@ -346,7 +351,10 @@ fn is_handle(c: &Classes, obj: &Bound<'_, PyAny>) -> bool {
     unsafe {
         let tp = ffi::Py_TYPE(obj.as_ptr());
         let handle = c.handle.as_ptr().cast::<ffi::PyTypeObject>();
-        tp == handle || ffi::PyType_IsSubtype(tp, handle) != 0
+        let timer = FACE_TIMER
+            .get(obj.py())
+            .map_or(std::ptr::null_mut(), |t| t.as_ptr().cast());
+        tp == handle || tp == timer || ffi::PyType_IsSubtype(tp, handle) != 0
     }
 }
 

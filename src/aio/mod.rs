@@ -282,13 +282,21 @@ impl AioCore {
     ) -> PyResult<Py<PyAny>> {
         let face = self.face(py)?;
         let when = not_nan(when)?;
-        let timer = handle::timer(py, &face, when, callback, args, context)?;
-        let call = self.shared.lp().timer_queue().call_at(
+        let (timer, copied) = handle::timer(py, &face, when, callback, args, context)?;
+        // The timer and its context are the call's alone while it waits:
+        // the heap holds them out of the collector's lists with it.
+        let context = if copied {
+            handle::context_of(py, &timer)
+        } else {
+            None
+        };
+        let call = self.shared.lp().timer_queue().call_at_holding(
             py,
             when,
             face.push.clone_ref(py),
             PyTuple::new(py, [&timer])?.unbind(),
             None,
+            [Some(timer.clone()), context],
         )?;
         // SAFETY: `timer` is an instance of the face's timer class, whose
         // `_call` slot `Face::new` found; the slot takes the new reference.

@@ -40,10 +40,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::collector::{retrack, untrack};
 use crate::time::lock;
 
 /// One queued handle, and what the queue took out of the collector's lists
@@ -59,31 +59,6 @@ enum Untracked {
     Handle(Option<Py<PyAny>>),
 }
 
-/// `PyObject_GC_UnTrack(obj)` if the collector tracks it; whether it did.
-fn untrack(obj: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: GC calls on a live object with the GIL held; an object is
-    // untracked only if it is a GC object the collector tracks now.
-    unsafe {
-        let o = obj.as_ptr();
-        if ffi::PyObject_IS_GC(o) == 0 || ffi::PyObject_GC_IsTracked(o) == 0 {
-            return false;
-        }
-        ffi::PyObject_GC_UnTrack(o.cast());
-    }
-    true
-}
-
-/// Put `obj` back in the collector's lists unless something already did.
-fn retrack(obj: &Py<PyAny>) {
-    // SAFETY: as in `untrack`; only an object `untrack` took out comes here.
-    unsafe {
-        let o = obj.as_ptr();
-        if ffi::PyObject_GC_IsTracked(o) == 0 {
-            ffi::PyObject_GC_Track(o.cast());
-        }
-    }
-}
-
 impl Queued {
     fn plain(obj: Py<PyAny>) -> Queued {
         Queued {
@@ -92,14 +67,14 @@ impl Queued {
         }
     }
 
-    /// Give the collector back what this entry took (the GIL is held).
-    fn restore(&mut self) {
+    /// Give the collector back what this entry took.
+    fn restore(&mut self, py: Python<'_>) {
         if let Untracked::Handle(context) =
             std::mem::replace(&mut self.untracked, Untracked::Nothing)
         {
-            retrack(&self.obj);
+            retrack(self.obj.bind(py));
             if let Some(c) = &context {
-                retrack(c);
+                retrack(c.bind(py));
             }
         }
     }
@@ -110,7 +85,7 @@ impl Drop for Queued {
         if matches!(self.untracked, Untracked::Handle(_)) {
             // An entry dropped without the queue's pass or `clear` (the
             // queue itself is dropped): with the GIL, if it can be had.
-            let _ = Python::try_attach(|_py| self.restore());
+            let _ = Python::try_attach(|py| self.restore(py));
         }
     }
 }
@@ -205,7 +180,7 @@ impl ReadyQueue {
                 },
                 Err(e) => Err(e),
             };
-            entry.restore();
+            entry.restore(py);
             drop(entry);
             if let Err(e) = step {
                 result = Err(e);
@@ -213,7 +188,7 @@ impl ReadyQueue {
             }
             if self.epoch.load(Ordering::Acquire) != epoch {
                 for mut e in batch.drain(..) {
-                    e.restore();
+                    e.restore(py);
                 }
             }
         }
