@@ -16,8 +16,8 @@ C{N} is the cost of one operation, start-up and set-up cancelling out. For
 the scheduling benchmarks the process is C{aio_bench.py}'s worker with one
 run; for the TCP echo ones it is the echo server, loaded by the C ping-pong
 client (10 connections) with one rally of C{N} or C{2N} round trips after
-its warm-up. Slow (valgrind runs Python some 50 times slower): C{--ops}
-defaults to 20,000.
+its warm-up (a tenth as many). Slow (valgrind runs Python some 50 times
+slower): C{--ops} defaults to 20,000.
 """
 
 from __future__ import annotations
@@ -96,13 +96,16 @@ def echo(name: str, loop: str, n: int) -> int:
         )
         try:
             port = int(server.expect("@@PORT ", START_TIMEOUT_S * 20))
-            # The warm-up is a tenth of the trips: the same for both runs.
-            p = {"conns": 10, "trips": 2000}
+            # The client's warm-up is a tenth of its rally: n + n / 10
+            # round trips in all (per_op divides by that).
+            p = {"conns": 10, "trips": n}
             client = start_client(port, p)
-            rally(client, {**p, "trips": n})
+            rally(client, p)
             client.stop()
-            server.popen.terminate()
-            server.popen.wait(120)
+            # End of stdin ends the server cleanly (then valgrind reports).
+            assert server.popen.stdin is not None
+            server.popen.stdin.close()
+            server.popen.wait(300)
             server.stderr.seek(0)
             return _collected(server.stderr.read())
         finally:
@@ -110,8 +113,10 @@ def echo(name: str, loop: str, n: int) -> int:
 
 
 def per_op(name: str, loop: str, n: int) -> float:
-    count = scheduling if name in SCHEDULING else echo
-    return (count(name, loop, 2 * n) - count(name, loop, n)) / n
+    if name in SCHEDULING:
+        return (scheduling(name, loop, 2 * n) - scheduling(name, loop, n)) / n
+    # Each echo run is a warm-up of a tenth of its rally, then the rally.
+    return (echo(name, loop, 2 * n) - echo(name, loop, n)) / (n * 1.1)
 
 
 def main(argv: list[str] | None = None) -> int:

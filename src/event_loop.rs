@@ -488,7 +488,7 @@ impl Loop {
                 continue;
             };
             match &snap.target {
-                Target::Native(h) => h.ready(py, Token(key as u64), r),
+                Target::Native(h) => h.dispatch(py, Token(key as u64), r)?,
                 Target::Python(sel) => {
                     if contexts.is_none() {
                         contexts = Some(LogContext::stack(py)?);

@@ -31,6 +31,7 @@
 
 pub mod handle;
 pub mod ready;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::io;
@@ -545,5 +546,5 @@ impl AioCore {
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AioCore>()?;
-    Ok(())
+    transport::init_pymodule(m)
 }
