@@ -57,9 +57,11 @@ test-pythons: build ## core suites + ReactorBuilder on every other CPython 3.11+
 
 # Twisted's ReactorBuilder suites, then the TCP, reactor and endpoint tests
 # that run on the global reactor, on rust and epoll side by side: each fails
-# on a test that does worse on rust, in outcome or in time. Last, the
+# on a test that does worse on rust, in outcome or in time. Then the
 # ReactorBuilder suites again with Twisted's own TCP transports
-# (TWISTED_SHIM_TRANSPORT=python), so both kinds stay covered.
+# (TWISTED_SHIM_TRANSPORT=python), so both kinds stay covered; last, the
+# fast subset of CPython's test_asyncio on the default loop and ours, and on
+# ours again with CPython's socket transports (the same switch).
 CORE_SUITES := twisted.test.test_tcp twisted.test.test_unix twisted.test.test_internet twisted.internet.test.test_endpoints
 
 conformance: build ## ReactorBuilder suites and core tests, rust and epoll side by side
@@ -67,6 +69,7 @@ conformance: build ## ReactorBuilder suites and core tests, rust and epoll side 
 	$(BIN)/python -m conformance.run_full --name core --suite $(CORE_SUITES)
 	TWISTED_SHIM_TRANSPORT=python $(BIN)/python -m conformance.run_builders --only rust
 	$(BIN)/python -m conformance.run_asyncio --fast
+	TWISTED_SHIM_TRANSPORT=python $(BIN)/python -m conformance.run_asyncio --fast
 
 # CPython's test.test_asyncio, every module that runs on Linux, on the default
 # asyncio loop and on twisted_shim.aio side by side (about ten minutes; `make
@@ -88,10 +91,11 @@ conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgre
 	$(BIN)/python -m conformance.run_asyncio_peers; b=$$?; \
 	exit $$(( a || b ))
 
-bench: build ## reactor benchmarks, benchmarks/latency.py, then transport_bench.py
+bench: build ## reactor benchmarks, latency.py, transport_bench.py, then aio_bench.py
 	$(BIN)/python benchmarks/reactor_bench.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/transport_bench.py
+	$(BIN)/python benchmarks/aio_bench.py
 
 # WSGI servers side by side (installs the peers into .venv-bench).
 bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)

@@ -39,7 +39,7 @@ for minor in 11 12 13 14; do
         tests/test_tcp_transport.py tests/test_unix_transport.py \
         tests/test_http_protocol.py tests/test_pep3333.py tests/test_pause_output.py \
         tests/test_cli.py tests/test_threaded.py tests/test_twist_plugin.py \
-        tests/test_aio.py
+        tests/test_aio.py tests/test_aio_socket.py
     "$venv/bin/python" -m conformance.run_builders
     tested+=("$version")
 done

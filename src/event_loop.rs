@@ -537,7 +537,7 @@ impl Loop {
                 continue;
             };
             match &snap.target {
-                Target::Native(h) => h.ready(py, Token(key as u64), r),
+                Target::Native(h) => h.dispatch(py, Token(key as u64), r)?,
                 Target::Python(sel) => {
                     if contexts.is_none() {
                         contexts = Some(LogContext::stack(py)?);
@@ -884,6 +884,36 @@ impl Loop {
             delay
         };
         self.wait_and_dispatch(py, reactor, delay)
+    }
+
+    /// The asyncio face's `run_forever` (`twisted_shim.aio`): iterations
+    /// as its `_run_once` makes them (the wait, a poll once `face._stopping`
+    /// is set, and its dispatch; then `runUntilCurrent`), until
+    /// `face._stopping` is true after one. An exception propagates, as out
+    /// of asyncio's `run_forever`.
+    fn run_face(
+        &self,
+        py: Python<'_>,
+        reactor: &Bound<'_, PyAny>,
+        face: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let stopping = intern!(py, "_stopping");
+        // Nothing runs between the end of one iteration and the start of the
+        // next, so the flag read after one holds for the next one's timeout.
+        let mut stop = face.getattr(stopping)?.is_truthy()?;
+        loop {
+            let delay = if stop {
+                Some(0.0)
+            } else {
+                self.timers.timeout(py)?
+            };
+            self.do_iteration(py, reactor, delay)?;
+            self.run_until_current(py, reactor)?;
+            stop = face.getattr(stopping)?.is_truthy()?;
+            if stop {
+                return Ok(());
+            }
+        }
     }
 
     /// Twisted's `mainLoop`: iterate while the reactor is started. An

@@ -51,6 +51,17 @@ pub struct Readiness {
 /// including its own, through the loop it is given.
 pub trait NativeHandler: Send + Sync {
     fn ready(&self, py: Python<'_>, token: Token, readiness: Readiness);
+
+    /// What the loop's dispatch calls: [`NativeHandler::ready`], unless the
+    /// handler runs code whose exceptions may have to end the loop's run
+    /// (asyncio lets `SystemExit` and `KeyboardInterrupt` out of
+    /// `run_forever`): then an error stops the dispatch and propagates out
+    /// of the iteration (the events not yet dispatched are reported again
+    /// by the next wait: the poller is level-triggered).
+    fn dispatch(&self, py: Python<'_>, token: Token, readiness: Readiness) -> PyResult<()> {
+        self.ready(py, token, readiness);
+        Ok(())
+    }
 }
 
 /// A native registration, as returned by [`FdSet::add_native`].

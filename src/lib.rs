@@ -10,6 +10,8 @@
 //!   native Rust handlers), kept in a `slab`;
 //! - [`time`]: `callLater`'s heap and the `DelayedCall` objects it returns;
 //! - [`calls`]: the queue behind `callFromThread`;
+//! - [`collector`]: what the loop's queues hold, out of the cycle
+//!   collector's lists while they hold it;
 //! - [`aio`]: the asyncio face's half of the loop: the ready queue behind
 //!   `call_soon` and asyncio's readers and writers in the FD set;
 //! - [`twisted`]: the Twisted objects the core needs (errors, the logger);
@@ -30,6 +32,7 @@ use pyo3::prelude::*;
 
 pub mod aio;
 pub mod calls;
+pub mod collector;
 pub mod event_loop;
 pub mod fdset;
 mod hooks;

@@ -18,6 +18,13 @@
 //!
 //! Ties fire in the order the calls were scheduled (a sequence number breaks
 //! them), which Twisted's heap does not promise but never contradicts.
+//!
+//! While the queue holds a call (in `fresh` or the heap, until it runs, is
+//! cancelled or is dropped), the call and its arguments tuple, and what a
+//! caller asks it to hold (the asyncio face's `TimerHandle` and its
+//! context), are out of the cycle collector's lists ([`crate::collector`]);
+//! they go back when the call runs or is cancelled, or its entry leaves the
+//! queue, whichever comes first.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -29,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::collector::{retrack, untrack};
 use crate::twisted::{api, log_failure};
 
 /// The longest sleep the loop computes, as Twisted's `timeout()` clamps it:
@@ -84,6 +92,24 @@ struct TimerState {
     seq: u64,
     /// Heap entries that will be discarded when popped (cancelled or moved).
     stale: usize,
+}
+
+impl Drop for TimerState {
+    /// The calls still queued leave the queue: what it untracked goes back
+    /// to the collector (with the GIL, if it can be had).
+    fn drop(&mut self) {
+        if self.heap.is_empty() && self.fresh.is_empty() {
+            return;
+        }
+        let _ = Python::try_attach(|py| {
+            for e in self.heap.iter() {
+                DelayedCall::restore_of(e.call.bind(py));
+            }
+            for c in self.fresh.iter() {
+                DelayedCall::restore_of(c.bind(py));
+            }
+        });
+    }
 }
 
 impl TimerState {
@@ -158,6 +184,26 @@ impl TimerQueue {
         args: Py<PyTuple>,
         kw: Option<Py<PyDict>>,
     ) -> PyResult<Py<DelayedCall>> {
+        self.call_at_holding(py, time, func, args, kw, [None, None])
+    }
+
+    /// [`TimerQueue::call_at`], the queue holding `held` too (out of the
+    /// collector's lists while it holds the call; see the module's docs):
+    /// objects made for this call alone, referred to by its arguments. Such
+    /// a call lets go of its arguments once it has run (they are then the
+    /// empty tuple): the asyncio face's `TimerHandle` refers to its call,
+    /// and a call that kept it would make every fired timer a reference
+    /// cycle, garbage only the collector can free.
+    #[inline]
+    pub fn call_at_holding(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        time: f64,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kw: Option<Py<PyDict>>,
+        held: [Option<Bound<'_, PyAny>>; 2],
+    ) -> PyResult<Py<DelayedCall>> {
         // The caller's stack, as Twisted's DelayedCall records it in debug
         // mode (its `[:-2]` drops callLater and __init__, which are not
         // Python frames here).
@@ -180,8 +226,22 @@ impl TimerQueue {
                 queue: Arc::downgrade(self),
                 creator,
                 frozen_repr: None,
+                untracked: Untracked::default(),
+                release_args: held.iter().any(Option::is_some),
             },
         )?;
+        {
+            let bound = call.bind(py);
+            let mut c = bound.borrow_mut();
+            c.untracked.call = untrack(bound.as_any());
+            c.untracked.args = c
+                .args
+                .as_ref()
+                .is_some_and(|a| untrack(a.bind(py).as_any()));
+            for (slot, obj) in c.untracked.held.iter_mut().zip(held) {
+                *slot = obj.filter(untrack).map(Bound::unbind);
+            }
+        }
         lock(&self.state).fresh.push(call.clone_ref(py));
         Ok(call)
     }
@@ -193,8 +253,10 @@ impl TimerQueue {
             return;
         }
         for call in std::mem::take(&mut st.fresh) {
-            let mut c = call.bind(py).borrow_mut();
+            let bound = call.bind(py);
+            let mut c = bound.borrow_mut();
             if c.cancelled {
+                c.restore(bound);
                 st.stale = st.stale.saturating_sub(1);
                 continue;
             }
@@ -219,7 +281,9 @@ impl TimerQueue {
                     break;
                 }
                 drop(c);
-                st.heap.pop();
+                if let Some(e) = st.heap.pop() {
+                    DelayedCall::restore_of(e.call.bind(py));
+                }
                 st.stale = st.stale.saturating_sub(1);
             }
             st.heap.peek().map(|e| e.time)
@@ -244,6 +308,7 @@ impl TimerQueue {
             let bound = entry.call.bind(py);
             let mut c = bound.borrow_mut();
             if c.cancelled || c.called || c.gen != entry.gen {
+                c.restore(bound);
                 let mut st = lock(&self.state);
                 st.stale = st.stale.saturating_sub(1);
                 continue;
@@ -256,8 +321,13 @@ impl TimerQueue {
                 continue;
             }
             c.called = true;
+            c.restore(bound);
             let func = c.func.as_ref().map(|f| f.clone_ref(py));
-            let args = c.args.as_ref().map(|a| a.clone_ref(py));
+            let args = if c.release_args {
+                c.args.replace(PyTuple::empty(py).unbind())
+            } else {
+                c.args.as_ref().map(|a| a.clone_ref(py))
+            };
             let kw = c.kw.as_ref().map(|k| k.clone_ref(py));
             drop(c);
             if let (Some(func), Some(args)) = (func, args) {
@@ -274,14 +344,16 @@ impl TimerQueue {
         let mut st = lock(&self.state);
         if st.stale > 50 && st.stale > st.heap.len() >> 1 {
             let entries = std::mem::take(&mut st.heap).into_vec();
-            st.heap = entries
-                .into_iter()
-                .filter(|e| {
-                    let c = e.call.bind(py).borrow();
-                    !c.cancelled && !c.called && c.gen == e.gen
-                })
-                .collect();
+            let (live, stale): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| {
+                let c = e.call.bind(py).borrow();
+                !c.cancelled && !c.called && c.gen == e.gen
+            });
+            st.heap = live.into();
             st.stale = 0;
+            drop(st);
+            for e in stale {
+                DelayedCall::restore_of(e.call.bind(py));
+            }
         }
     }
 
@@ -337,11 +409,8 @@ impl TimerQueue {
     }
 
     pub fn clear(&self) {
-        let mut st = lock(&self.state);
-        st.heap.clear();
-        st.fresh.clear();
-        st.stale = 0;
-        drop(st);
+        let taken = std::mem::take(&mut *lock(&self.state));
+        drop(taken);
         *lock(&self.clock) = None;
     }
 }
@@ -368,6 +437,22 @@ pub struct DelayedCall {
     /// In debug mode, the repr taken when the call was cancelled (before its
     /// function and arguments were dropped), as Twisted's `_repr`.
     frozen_repr: Option<String>,
+    /// What the queue took out of the collector's lists (module docs).
+    untracked: Untracked,
+    /// Whether the arguments are dropped once the call has run (see
+    /// [`TimerQueue::call_at_holding`]).
+    release_args: bool,
+}
+
+/// What the timer queue untracked for one call while it holds it.
+#[derive(Default)]
+struct Untracked {
+    /// The call itself.
+    call: bool,
+    /// Its arguments tuple.
+    args: bool,
+    /// Objects the scheduler asked the queue to hold.
+    held: [Option<Py<PyAny>>; 2],
 }
 
 /// Whether `twisted.internet.base.DelayedCall.debug` is set: the switch
@@ -382,6 +467,33 @@ fn debug_mode(py: Python<'_>) -> PyResult<bool> {
 }
 
 impl DelayedCall {
+    /// Give the collector back what the queue untracked for this call
+    /// (`me` is this call); nothing the second time.
+    fn restore(&mut self, me: &Bound<'_, DelayedCall>) {
+        let u = std::mem::take(&mut self.untracked);
+        if u.call {
+            retrack(me.as_any());
+        }
+        if u.args {
+            if let Some(a) = &self.args {
+                retrack(a.bind(me.py()).as_any());
+            }
+        }
+        for obj in u.held.into_iter().flatten() {
+            retrack(obj.bind(me.py()));
+        }
+    }
+
+    /// [`DelayedCall::restore`] of a call the queue lets go. The queue
+    /// never holds a borrow of a call while it calls this, and neither does
+    /// anything else while the queue runs (no Python code runs in between);
+    /// if one were held, the call would stay out of the lists.
+    fn restore_of(call: &Bound<'_, DelayedCall>) {
+        if let Ok(mut c) = call.try_borrow_mut() {
+            c.restore(call);
+        }
+    }
+
     /// Neither called nor cancelled.
     pub fn is_active(&self) -> bool {
         !(self.cancelled || self.called)
@@ -523,7 +635,9 @@ impl DelayedCall {
         } else {
             None
         };
+        let me = slf;
         let mut slf = slf.borrow_mut();
+        slf.restore(me);
         slf.frozen_repr = frozen;
         slf.func = None;
         slf.args = None;

@@ -875,3 +875,64 @@ def test_handles_are_asyncios_outside_debug_mode_too(loop: aio.RustEventLoop) ->
             call(print)
     with pytest.raises(RuntimeError, match="closed"):
         loop.call_later(1, print)
+
+
+def test_queued_handles_leave_the_collector_and_come_back(
+    loop: aio.RustEventLoop,
+) -> None:
+    # A handle call_soon makes is out of the collector's lists while queued
+    # (with the context copied for it) and back in once it leaves the queue:
+    # run, skipped as cancelled, or cleared with the loop.
+    import gc
+
+    seen: list[bool] = []
+
+    class Owner:
+        def callback(self) -> None:
+            seen.append(gc.is_tracked(self.handle))
+
+    owner = Owner()
+    owner.handle = loop.call_soon(owner.callback)
+    ctx = owner.handle._context
+    assert not gc.is_tracked(owner.handle) and not gc.is_tracked(ctx)
+    given = contextvars.copy_context()
+    mine = loop.call_soon(print, context=given)
+    assert gc.is_tracked(given), "a context the caller gave is left alone"
+    mine.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [False]
+    assert gc.is_tracked(owner.handle) and gc.is_tracked(ctx)
+    assert gc.is_tracked(mine) and gc.is_tracked(mine._context)
+    # A cycle through a handle that ran is garbage the collector finds.
+    ref = __import__("weakref").ref(owner)
+    del owner, ctx
+    gc.collect()
+    assert ref() is None
+    cleared = loop.call_soon(print)
+    loop.close()
+    assert gc.is_tracked(cleared) and gc.is_tracked(cleared._context)
+
+
+def test_a_pending_timer_is_out_of_the_collector_and_a_fired_one_no_cycle(
+    loop: aio.RustEventLoop,
+) -> None:
+    # The heap holds an asyncio timer, its context and its timed call out of
+    # the collector's lists; once fired, the timed call lets go of the timer
+    # (which refers to it), so the timer is freed without the collector.
+    import gc
+    import weakref
+
+    timer = loop.call_later(0, int)
+    assert not gc.is_tracked(timer) and not gc.is_tracked(timer._call)
+    assert not gc.is_tracked(timer._context)
+    ref = weakref.ref(timer)
+    gc.disable()
+    try:
+        del timer
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert ref() is None
+    finally:
+        gc.enable()
+    pending = loop.call_later(10, print)
+    pending.cancel()
+    assert gc.is_tracked(pending) and gc.is_tracked(pending._context)

@@ -455,6 +455,40 @@ def test_cancel(reactor: RustReactor) -> None:
     assert ran == []
 
 
+def test_pending_calls_are_out_of_the_collector_until_they_leave(
+    reactor: RustReactor,
+) -> None:
+    # A call and its arguments tuple are untracked while the heap holds
+    # them (src/collector.rs), and tracked again once the call runs, is
+    # cancelled, or the reactor lets go of it; a cycle through a call that
+    # ran is found by the collector as before.
+    import gc
+    import weakref
+
+    class Owner:
+        def tick(self, *args: object) -> None:
+            self.ran = args
+
+    owner = Owner()
+    owner.call = reactor.callLater(0, owner.tick, [1])
+    cancelled = reactor.callLater(10, print, [2])
+    later = reactor.callLater(10, print, [3])
+    for dc in (owner.call, cancelled, later):
+        assert not gc.is_tracked(dc) and not gc.is_tracked(dc.args)
+    cancelled.cancel()
+    assert gc.is_tracked(cancelled)
+    reactor.iterate(0)
+    assert owner.ran == ([1],)
+    assert gc.is_tracked(owner.call) and gc.is_tracked(owner.call.args)
+    ref = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert ref() is None
+    args = later.args
+    reactor._loop.close()
+    assert gc.is_tracked(later) and gc.is_tracked(args)
+
+
 def test_reset_and_delay_move_the_call(reactor: RustReactor) -> None:
     now = reactor.seconds()
     dc = reactor.callLater(10, lambda: None)

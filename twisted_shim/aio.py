@@ -52,16 +52,24 @@ Who drives the loop:
 
 What is Rust now: C{call_soon}, C{call_soon_threadsafe}, C{call_later} and
 C{call_at} outside debug mode (C{src/aio/handle.rs} makes the handles:
-instances of CPython's own C{Handle} and C{TimerHandle} classes, filled in
-Rust), the ready queue and its pass (debug mode aside), the timer heap, the
-FD set, asyncio's readiness dispatch, the wait and the wake-up. What is
-CPython's (the classes below subclass C{asyncio.SelectorEventLoop}): the
-handle classes themselves (their C{cancel}, C{_run}, reprs; a Rust handle
-class cannot pass C{isinstance(h, asyncio.Handle)}, which asyncio's own
-tests check), debug mode's scheduling path, futures and tasks (C{_asyncio}),
-socket transports, servers and C{sock_*} (C{selector_events}), streams,
-SSL, subprocesses, signals, executors and C{getaddrinfo}, the exception
-handler and debug mode, async generators' shutdown.
+instances of CPython's own C{Handle} and C{TimerHandle} classes, their
+slots written in Rust; a queued handle is out of the cycle collector's
+lists until it leaves the queue, C{src/aio/ready.rs}), the ready queue and
+its pass (handles run as C{Handle._run} does; debug mode aside),
+C{run_forever}'s loop, the timer heap, the FD set, asyncio's readiness
+dispatch, the wait and the wake-up, and the socket transports' bytes
+(L{twisted_shim.aio_socket}: the transports of C{create_connection},
+C{create_server}, C{connect_accepted_socket}, streams and SSL read and
+write in Rust and call their protocol from the dispatch; with
+C{TWISTED_SHIM_TRANSPORT=python} they are CPython's, as the reactor's are
+Twisted's). What is CPython's (the classes below subclass
+C{asyncio.SelectorEventLoop}): the handle classes themselves (their
+C{cancel}, C{_run}, reprs; a Rust handle class cannot pass
+C{isinstance(h, asyncio.Handle)}, which asyncio's own tests check), debug
+mode's scheduling path, futures and tasks (C{_asyncio}), servers and
+C{sock_*} (C{selector_events}), streams, the SSL protocol, subprocesses,
+signals, executors and C{getaddrinfo}, the exception handler and debug
+mode, async generators' shutdown.
 
 Invariants: a reactor has at most one open face (L{loop_of}); a handle runs
 only in a pass of the ready queue, and under C{run}, C{iterate} and
@@ -78,7 +86,14 @@ import socket
 import sys
 import threading
 import time as _time
-from asyncio import base_events, events, format_helpers, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    format_helpers,
+    sslproto,
+    unix_events,
+)
 from collections.abc import Callable, Coroutine, Mapping
 from contextvars import Context
 from selectors import (
@@ -91,6 +106,7 @@ from selectors import (
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted_shim import _core
+from twisted_shim.aio_socket import SocketTransport
 
 if TYPE_CHECKING:
     from twisted_shim.reactor import RustReactor
@@ -374,6 +390,68 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
         old.cancel()
         return True
 
+    # Socket transports: twisted_shim.aio_socket's (bytes moved in Rust),
+    # unless TWISTED_SHIM_TRANSPORT=python (then CPython's, as for the
+    # reactor's TCP and UNIX transports: the reactor reads the variable).
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> Any:
+        if not self._reactor._native_streams:
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server
+            )
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
+        if not self._reactor._native_streams:
+            return super()._make_ssl_transport(
+                rawsock,
+                protocol,
+                sslcontext,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                extra=extra,
+                server=server,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        # What CPython's does, over the native transport (SSLProtocol is a
+        # BufferedProtocol: it reads through get_buffer/buffer_updated).
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     # The self-pipe: only for signals (call_soon_threadsafe uses the eventfd).
 
     def _make_self_pipe(self) -> None:
@@ -437,10 +515,15 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
     def run_forever(self) -> None:
         self._start_running("asyncio")
         try:
-            while True:
-                self._run_once()
-                if self._stopping:
-                    break
+            if "_run_once" in self.__dict__ or type(self)._run_once is not _RUN_ONCE:
+                # A replaced _run_once (tests count iterations) is called.
+                while True:
+                    self._run_once()
+                    if self._stopping:
+                        break
+            else:
+                # The same iterations, the loop in Rust.
+                self._rloop.run_face(self._reactor, self)
         finally:
             self._stop_running()
 
@@ -465,6 +548,11 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
         if self.is_closed():
             return
         super().close()
+        # The sockets of its transports leave the FD set, as a closed
+        # selector stops watching them.
+        for transport in list(self._transports.values()):
+            if isinstance(transport, SocketTransport) and transport._io is not None:
+                transport._io.detach()
         self._core.close()
         if self._owns_reactor:
             pool = self._reactor.threadpool
@@ -508,6 +596,9 @@ class RustEventLoop(unix_events.SelectorEventLoop):  # type: ignore[misc,valid-t
                 )
         finally:
             self._current_handle = None
+
+
+_RUN_ONCE = RustEventLoop._run_once
 
 
 def _callback_failed(handle: events.Handle, exc: BaseException) -> None:

@@ -31,6 +31,7 @@
 
 pub mod handle;
 pub mod ready;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::io;
@@ -99,11 +100,7 @@ impl NativeHandler for AioFd {
 }
 
 fn cancelled(py: Python<'_>, handle: &Py<PyAny>) -> bool {
-    handle
-        .bind(py)
-        .getattr(intern!(py, "_cancelled"))
-        .and_then(|c| c.is_truthy())
-        .unwrap_or(false)
+    handle::cancelled(py, handle.bind(py)).unwrap_or(false)
 }
 
 impl Shared {
@@ -246,6 +243,10 @@ fn not_nan(when: f64) -> PyResult<f64> {
     Ok(when)
 }
 
+fn no_face() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err("no face bound")
+}
+
 fn closed_error() -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err("Event loop is closed")
 }
@@ -258,7 +259,18 @@ impl AioCore {
         lock(&self.face)
             .as_ref()
             .map(|f| f.clone_ref(py))
-            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no face bound"))
+            .ok_or_else(no_face)
+    }
+
+    /// The face object alone (a handle's `_loop`): what `call_soon` needs.
+    fn face_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        lock(&self.face)
+            .as_ref()
+            .map(|f| f.face.bind(py).clone())
+            .ok_or_else(no_face)
     }
 
     fn timer(
@@ -271,15 +283,25 @@ impl AioCore {
     ) -> PyResult<Py<PyAny>> {
         let face = self.face(py)?;
         let when = not_nan(when)?;
-        let timer = handle::timer(py, &face, when, callback, args, context)?;
-        let call = self.shared.lp().timer_queue().call_at(
+        let (timer, copied) = handle::timer(py, &face, when, callback, args, context)?;
+        // The timer and its context are the call's alone while it waits:
+        // the heap holds them out of the collector's lists with it.
+        let context = if copied {
+            handle::context_of(py, &timer)
+        } else {
+            None
+        };
+        let call = self.shared.lp().timer_queue().call_at_holding(
             py,
             when,
             face.push.clone_ref(py),
             PyTuple::new(py, [&timer])?.unbind(),
             None,
+            [Some(timer.clone()), context],
         )?;
-        timer.setattr(intern!(py, "_call"), call)?;
+        // SAFETY: `timer` is an instance of the face's timer class, whose
+        // `_call` slot `Face::new` found; the slot takes the new reference.
+        unsafe { face.timer_call.set(timer.as_ptr(), call.into_ptr()) };
         Ok(timer.unbind())
     }
 }
@@ -314,12 +336,9 @@ impl AioCore {
     /// Serve `face`: handles made by `call_soon` and friends name it as
     /// their loop; timers are instances of `timer_class`.
     fn bind(slf: &Bound<'_, Self>, face: Py<PyAny>, timer_class: Py<PyType>) -> PyResult<()> {
-        let push = slf.getattr(intern!(slf.py(), "push"))?.unbind();
-        let new = Some(handle::Face {
-            face,
-            timer_class,
-            push,
-        });
+        let py = slf.py();
+        let push = slf.getattr(intern!(py, "push"))?.unbind();
+        let new = Some(handle::Face::new(py, face, timer_class, push)?);
         // The old face is dropped after the lock is released (dropping it
         // may run Python code).
         let old = std::mem::replace(&mut *lock(&slf.get().face), new);
@@ -337,10 +356,15 @@ impl AioCore {
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let face = self.face(py)?;
-        let h = handle::handle(py, &face, callback, args, context)?;
-        self.shared.ready.push(h.clone_ref(py));
-        Ok(h)
+        let face = self.face_object(py)?;
+        let (h, copied) = handle::handle(py, &face, callback, args, context)?;
+        let context = if copied {
+            handle::context_of(py, &h)
+        } else {
+            None
+        };
+        self.shared.ready.push_made(h.clone(), context);
+        Ok(h.unbind())
     }
 
     /// The face's `call_soon_threadsafe` outside debug mode: queued, and the
@@ -522,5 +546,5 @@ impl AioCore {
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AioCore>()?;
-    Ok(())
+    transport::init_pymodule(m)
 }

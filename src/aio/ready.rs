@@ -2,8 +2,8 @@
 //! iteration of the one loop.
 //!
 //! The [`Loop`](crate::event_loop::Loop) owns one `ReadyQueue` whether or not
-//! an asyncio face exists; an empty queue costs the loop an atomic load per
-//! iteration (in `runUntilCurrent` and before the wait).
+//! an asyncio face exists; an empty queue costs the loop two atomic loads
+//! per iteration (in `runUntilCurrent` and before the wait).
 //!
 //! Semantics are asyncio's `BaseEventLoop._run_once`:
 //!
@@ -19,24 +19,91 @@
 //!   exception handler) ends the pass at once and propagates; the handles not
 //!   yet run stay queued, in order.
 //!
+//! The collector: a handle `call_soon` makes is taken out of the cycle
+//! collector's lists (`PyObject_GC_UnTrack`) while it is queued, with the
+//! context copied for it, and put back (`PyObject_GC_Track`) when it leaves
+//! the queue (run, skipped, cleared or dropped), before the queue's reference
+//! to it is released. While queued, the queue holds it, so it and whatever
+//! it refers to cannot be garbage; untracked, the collector does not visit
+//! it on every young collection, nor promote it to older generations it
+//! would later have to visit whole (with a thousand handles queued per pass
+//! that was most of a `call_soon`'s cost, all the more in a process whose
+//! heap is large). Nothing else changes: an object the collector does not
+//! track keeps what it refers to alive, as the queue does anyway.
+//!
 //! Any thread may push (the queue is behind a mutex; `call_soon_threadsafe`
 //! then wakes the loop); only the loop's thread runs a pass. No lock is held
-//! while Python code runs: a pass pops one handle at a time.
+//! while Python code runs: a pass moves the queued handles out of the queue
+//! in one swap and runs them one at a time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use pyo3::{intern, PyTraverseError, PyVisit};
+use pyo3::{PyTraverseError, PyVisit};
 
+use crate::collector::{retrack, untrack};
 use crate::time::lock;
+
+/// One queued handle, and what the queue took out of the collector's lists
+/// for it (see the module's docs).
+pub struct Queued {
+    obj: Py<PyAny>,
+    untracked: Untracked,
+}
+
+enum Untracked {
+    Nothing,
+    /// The handle, and the context made for it if any.
+    Handle(Option<Py<PyAny>>),
+}
+
+impl Queued {
+    fn plain(obj: Py<PyAny>) -> Queued {
+        Queued {
+            obj,
+            untracked: Untracked::Nothing,
+        }
+    }
+
+    /// Give the collector back what this entry took.
+    fn restore(&mut self, py: Python<'_>) {
+        if let Untracked::Handle(context) =
+            std::mem::replace(&mut self.untracked, Untracked::Nothing)
+        {
+            retrack(self.obj.bind(py));
+            if let Some(c) = &context {
+                retrack(c.bind(py));
+            }
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if matches!(self.untracked, Untracked::Handle(_)) {
+            // An entry dropped without the queue's pass or `clear` (the
+            // queue itself is dropped): with the GIL, if it can be had.
+            let _ = Python::try_attach(|py| self.restore(py));
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct ReadyQueue {
-    queue: Mutex<VecDeque<Py<PyAny>>>,
-    /// `queue.len()`, readable without the lock (the loop's emptiness checks).
-    len: AtomicUsize,
+    queue: Mutex<VecDeque<Queued>>,
+    /// `queue.len()`, readable without the lock.
+    queued: AtomicUsize,
+    /// The handles of the pass under way not yet run (the pass moved them
+    /// out of `queue` when it began): `len()` counts them, as asyncio's
+    /// `len(_ready)` does during its pass.
+    in_pass: AtomicUsize,
+    /// Bumped by `clear`: a pass under way drops what it has not run.
+    epoch: AtomicU64,
+    /// An empty queue with capacity, swapped with `queue` when a pass
+    /// begins so that neither allocates in the steady state.
+    spare: Mutex<VecDeque<Queued>>,
     /// In asyncio's debug mode, the face's function that runs one handle and
     /// times it (`runner(handle)`); `None`: the pass runs it as
     /// `handle._run()` would (`crate::aio::handle::run`).
@@ -45,24 +112,36 @@ pub struct ReadyQueue {
 
 impl ReadyQueue {
     pub fn push(&self, handle: Py<PyAny>) {
+        self.push_entry(Queued::plain(handle));
+    }
+
+    /// Queue a handle made by `call_soon`, out of the collector's lists
+    /// with `context`, the context made for it (see the module's docs).
+    pub fn push_made(&self, handle: Bound<'_, PyAny>, context: Option<Bound<'_, PyAny>>) {
+        let entry = if untrack(&handle) {
+            let context = context.filter(untrack).map(Bound::unbind);
+            Queued {
+                obj: handle.unbind(),
+                untracked: Untracked::Handle(context),
+            }
+        } else {
+            Queued::plain(handle.unbind())
+        };
+        self.push_entry(entry);
+    }
+
+    fn push_entry(&self, entry: Queued) {
         let mut q = lock(&self.queue);
-        q.push_back(handle);
-        self.len.store(q.len(), Ordering::Release);
+        q.push_back(entry);
+        self.queued.store(q.len(), Ordering::Release);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
-    }
-
-    fn pop(&self) -> Option<Py<PyAny>> {
-        let mut q = lock(&self.queue);
-        let h = q.pop_front();
-        self.len.store(q.len(), Ordering::Release);
-        h
+        self.queued.load(Ordering::Acquire) + self.in_pass.load(Ordering::Acquire)
     }
 
     pub fn set_runner(&self, runner: Option<Py<PyAny>>) -> Option<Py<PyAny>> {
@@ -70,37 +149,74 @@ impl ReadyQueue {
     }
 
     /// Run one pass: the handles queued now, in order (see the module's
-    /// semantics).
+    /// semantics). The pass takes them all out of the queue at once;
+    /// handles pushed meanwhile go to the (now empty) queue for the next
+    /// pass. If a handle raises, those of this pass not yet run go back to
+    /// the front of the queue, in order.
     pub fn run_pass(&self, py: Python<'_>) -> PyResult<()> {
         if self.is_empty() {
             return Ok(());
         }
-        let n = self.len();
         let runner = lock(&self.runner).as_ref().map(|r| r.clone_ref(py));
-        for _ in 0..n {
-            let Some(handle) = self.pop() else { break };
-            let handle = handle.bind(py);
-            if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
-                continue;
+        let mut batch = std::mem::take(&mut *lock(&self.spare));
+        {
+            let mut q = lock(&self.queue);
+            std::mem::swap(&mut *q, &mut batch);
+            self.queued.store(0, Ordering::Release);
+        }
+        // A pass inside a handle of another (`reactor.iterate()` from a
+        // callback) counts the outer pass's handles too.
+        let outer = self.in_pass.load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut result = Ok(());
+        while let Some(mut entry) = batch.pop_front() {
+            self.in_pass.store(outer + batch.len(), Ordering::Release);
+            let handle = entry.obj.bind(py);
+            let step = match crate::aio::handle::cancelled(py, handle) {
+                Ok(true) => Ok(()),
+                Ok(false) => match &runner {
+                    Some(r) => r.call1(py, (handle,)).map(drop),
+                    None => crate::aio::handle::run(py, handle),
+                },
+                Err(e) => Err(e),
+            };
+            entry.restore(py);
+            drop(entry);
+            if let Err(e) = step {
+                result = Err(e);
+                break;
             }
-            match &runner {
-                Some(r) => {
-                    r.call1(py, (handle,))?;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                for mut e in batch.drain(..) {
+                    e.restore(py);
                 }
-                None => crate::aio::handle::run(py, handle)?,
             }
         }
-        Ok(())
+        if !batch.is_empty() {
+            let mut q = lock(&self.queue);
+            for e in batch.drain(..).rev() {
+                q.push_front(e);
+            }
+            self.queued.store(q.len(), Ordering::Release);
+        }
+        self.in_pass.store(outer, Ordering::Release);
+        let mut spare = lock(&self.spare);
+        if spare.capacity() < batch.capacity() {
+            *spare = batch;
+        }
+        result
     }
 
-    /// Drop every queued handle; they are dropped after the lock is released
-    /// (dropping one may run Python code that pushes).
+    /// Drop every queued handle, and those a pass under way has not run
+    /// yet; they are dropped after the lock is released (dropping one may
+    /// run Python code that pushes).
     pub fn clear(&self) {
-        let drained: VecDeque<Py<PyAny>> = {
+        let drained: VecDeque<Queued> = {
             let mut q = lock(&self.queue);
-            self.len.store(0, Ordering::Release);
+            self.queued.store(0, Ordering::Release);
             std::mem::take(&mut *q)
         };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         drop(drained);
         let runner = lock(&self.runner).take();
         drop(runner);
@@ -108,8 +224,8 @@ impl ReadyQueue {
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(q) = self.queue.try_lock() {
-            for h in q.iter() {
-                visit.call(h)?;
+            for e in q.iter() {
+                visit.call(&e.obj)?;
             }
         }
         if let Ok(r) = self.runner.try_lock() {

@@ -46,12 +46,10 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyTypeError;
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -61,6 +59,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::state::{Attr, State};
 use super::unix_io;
 use crate::event_loop::Loop;
+use crate::net::read::{ReadSizing, Received};
 use crate::net::write::WriteQueue;
 use crate::selectable::{self, ClassFacts, InstanceDict};
 use crate::time::lock;
@@ -76,9 +75,8 @@ pub struct StreamIO {
     pub(crate) queue: Mutex<WriteQueue>,
     /// The reactor's Rust loop (`None`: another reactor), once looked up.
     reactor_loop: OnceLock<Option<Py<Loop>>>,
-    /// Whether the last read filled at least half of `bufferSize`: then
-    /// the next one receives straight into its `bytes` object.
-    large_reads: AtomicBool,
+    /// How the next read is made (by the size of the last).
+    reads: ReadSizing,
     /// The descriptor the loop checked (its `fileno()`) for the event being
     /// dispatched to this transport, -1 outside one: what `startWriting`
     /// and the like register under while it runs, without asking
@@ -107,102 +105,6 @@ impl<'a> Dispatching<'a> {
 impl Drop for Dispatching<'_> {
     fn drop(&mut self) {
         self.io.dispatch_fd.store(self.before, Ordering::Relaxed);
-    }
-}
-
-/// The buffer every transport's `doRead` receives into before the bytes
-/// are copied into the `bytes` object handed to the protocol: one for the
-/// process rather than 64 KiB per connection (reads happen one at a time,
-/// on the reactor thread; the lock is never held across Python code).
-pub(crate) static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-/// What one `recv` gave.
-enum Received<'py> {
-    Data(Bound<'py, PyBytes>),
-    /// Nothing to read now (`EAGAIN`).
-    Again,
-    /// End of stream.
-    End,
-    /// A socket error.
-    Failed,
-}
-
-extern "C" {
-    // CPython's own way to shrink a bytes object nobody else holds yet
-    // (what `socket.recv` does); exported by every CPython 3.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> c_int;
-}
-
-/// One `recv` of at most `size` bytes from `fd`, as a new `bytes` object.
-///
-/// `direct`: into a `bytes` object of `size` bytes, shrunk to what came
-/// (as `socket.recv` does: one copy, by the kernel). Otherwise into the
-/// process's read buffer, then copied into a `bytes` object of the right
-/// size: dearer by a copy for large reads, cheaper than allocating and
-/// shrinking `size` bytes for small ones. Callers choose by what the
-/// connection's last read was.
-fn receive(py: Python<'_>, fd: RawFd, size: usize, direct: bool) -> PyResult<Received<'_>> {
-    fn interpret(n: isize) -> Option<Received<'static>> {
-        if n == 0 {
-            return Some(Received::End);
-        }
-        if n > 0 {
-            return None;
-        }
-        match io::Error::last_os_error().kind() {
-            io::ErrorKind::Interrupted => None,
-            io::ErrorKind::WouldBlock => Some(Received::Again),
-            _ => Some(Received::Failed),
-        }
-    }
-    if !direct {
-        let mut buf = lock(&READ_BUFFER);
-        buf.clear();
-        buf.reserve(size);
-        loop {
-            // SAFETY: reads at most `size` bytes into the spare capacity
-            // reserved just above; the length is set to what was read.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size, 0) };
-            if let Some(other) = interpret(n) {
-                return Ok(other);
-            }
-            if n > 0 {
-                // SAFETY: the kernel wrote `n` bytes at the start of the buffer.
-                unsafe { buf.set_len(n as usize) };
-                return Ok(Received::Data(PyBytes::new(py, &buf)));
-            }
-        }
-    }
-    let len = ffi::Py_ssize_t::try_from(size).unwrap_or(ffi::Py_ssize_t::MAX);
-    // SAFETY: PyBytes_FromStringAndSize(NULL, len) returns a new bytes
-    // object of `len` bytes, not yet initialised, that nothing else refers
-    // to (or NULL with an exception set); until it is handed out, writing
-    // into its buffer and resizing it is allowed, as `socket.recv` does.
-    // Every path below either releases it or hands its one reference to
-    // `Bound::from_owned_ptr`.
-    unsafe {
-        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), len);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        let buf = ffi::PyBytes_AsString(obj);
-        let n = loop {
-            let n = libc::recv(fd, buf.cast(), len as usize, 0);
-            if let Some(other) = interpret(n) {
-                ffi::Py_DECREF(obj);
-                return Ok(other);
-            }
-            if n > 0 {
-                break n;
-            }
-        };
-        // On failure _PyBytes_Resize releases the object and sets it NULL.
-        if n < len && _PyBytes_Resize(&mut obj, n) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        Ok(Received::Data(
-            Bound::from_owned_ptr(py, obj).cast_into_unchecked(),
-        ))
     }
 }
 
@@ -440,15 +342,12 @@ impl StreamIO {
         let _dispatching = Dispatching::new(&me, fd);
         let state = State::new(obj);
         let size = buffer_size_of(&state).max(1);
-        let direct = me.large_reads.load(Ordering::Relaxed);
-        let data = match receive(py, fd, size, direct)? {
+        let data = match me.reads.receive(py, fd, size)? {
             Received::Data(data) => data,
             Received::Again => return Ok(py.None()),
             Received::End => return Ok(api(py)?.connection_done.clone_ref(py)),
-            Received::Failed => return Ok(api(py)?.connection_lost.clone_ref(py)),
+            Received::Failed(_) => return Ok(api(py)?.connection_lost.clone_ref(py)),
         };
-        me.large_reads
-            .store(data.as_bytes().len() * 2 >= size, Ordering::Relaxed);
         let protocol = state.get(Attr::Protocol)?;
         drop(state);
         protocol.call_method1(intern!(py, "dataReceived"), (data,))?;
@@ -558,7 +457,7 @@ impl StreamIO {
         StreamIO {
             queue: Mutex::new(WriteQueue::default()),
             reactor_loop: OnceLock::new(),
-            large_reads: AtomicBool::new(false),
+            reads: ReadSizing::default(),
             dispatch_fd: AtomicI32::new(-1),
         }
     }

@@ -60,7 +60,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use super::stream_io::{buffer_size, fileno, StreamIO, READ_BUFFER};
+use super::stream_io::{buffer_size, fileno, StreamIO};
+use crate::net::read::READ_BUFFER;
 use crate::time::lock;
 use crate::twisted::api;
 
