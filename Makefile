@@ -91,11 +91,12 @@ conformance-peers: build services ## treq, twisted.web, twisted.names, txpostgre
 	$(BIN)/python -m conformance.run_asyncio_peers; b=$$?; \
 	exit $$(( a || b ))
 
-bench: build ## reactor benchmarks, latency.py, transport_bench.py, then aio_bench.py
+bench: build ## reactor benchmarks, latency.py, transport_bench.py, aio_bench.py, then scrapy_bench.py
 	$(BIN)/python benchmarks/reactor_bench.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/transport_bench.py
 	$(BIN)/python benchmarks/aio_bench.py
+	$(BIN)/python benchmarks/scrapy_bench.py
 
 # WSGI servers side by side (installs the peers into .venv-bench).
 bench-wsgi: build ## WSGI servers side by side (installs peers in .venv-bench)

@@ -26,6 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("transport_bench.py", "tls_pingpong"),
         ("transport_bench.py", "connections"),
         ("stop_under_load.py", "--scenarios"),
+        ("scrapy_bench.py", "--pages"),
         ("aio_bench.py", "--smoke"),
         ("aio_bench.py", "call_soon_threadsafe"),
         ("aio_bench.py", "httpx_client"),
